@@ -1,0 +1,57 @@
+//! The command line: clap definitions and one file per subcommand's output.
+
+mod validate;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+pub const DEFAULT_CONFIG: &str = "/etc/jumio-batchd/config.toml";
+
+/// Exit codes shared by every command.
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_INVALID: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "jumio-batchd",
+    version,
+    about = "Validates identity-verification batches and ships them to Jumio over SFTP, exactly once."
+)]
+pub struct Cli {
+    /// Configuration file (TOML). Commands that need no setting from it work without it.
+    #[arg(long, global = true, value_name = "FILE", env = "JUMIO_BATCHD_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a batch folder against Jumio's batch rules and list every problem.
+    #[command(
+        after_help = "Examples:\n  jumio-batchd validate /srv/jumio/inbox/batch-2026-11-23\n  jumio-batchd validate --json ./batch > report.json\n\nExit status: 0 valid, 1 invalid, 2 folder unreadable or usage error."
+    )]
+    Validate {
+        /// The batch folder (holding input.csv and the images it names).
+        dir: PathBuf,
+        /// Print one JSON object instead of the text report.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Validate { dir, json } => validate::run(cli.config.as_deref(), &dir, json),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("jumio-batchd: {e:#}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! `jumio-batchd validate DIR [--json]`
+
+use super::{EXIT_INVALID, EXIT_OK};
+use crate::config::Config;
+use crate::validate;
+use std::path::Path;
+
+pub fn run(config: Option<&Path>, dir: &Path, json: bool) -> anyhow::Result<u8> {
+    let config = Config::load_or_default(config)?;
+    let checked = validate::validate(dir, config.marker())?;
+    let report = &checked.report;
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", validate::render_text(report));
+    }
+    Ok(if report.valid { EXIT_OK } else { EXIT_INVALID })
+}

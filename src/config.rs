@@ -1,0 +1,156 @@
+//! The one configuration file every command reads. Defaults live here and are documented once,
+//! in config.example.toml; an unknown key is an error that names it.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The ready marker a dropper writes last; never shipped.
+pub const DEFAULT_MARKER: &str = "DONE";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where batches go. Required only by commands that connect.
+    pub sftp: Option<SftpConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SftpConfig {
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    pub user: String,
+    #[serde(default = "default_private_key")]
+    pub private_key: PathBuf,
+    #[serde(default = "default_known_hosts")]
+    pub known_hosts: PathBuf,
+    #[serde(default = "default_remote_dir")]
+    pub remote_dir: String,
+    #[serde(default = "default_connections")]
+    pub connections: usize,
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+fn default_port() -> u16 {
+    22
+}
+fn default_private_key() -> PathBuf {
+    PathBuf::from("/etc/jumio-batchd/id_ed25519")
+}
+fn default_known_hosts() -> PathBuf {
+    PathBuf::from("/etc/jumio-batchd/known_hosts")
+}
+fn default_remote_dir() -> String {
+    ".".to_owned()
+}
+fn default_connections() -> usize {
+    4
+}
+fn default_timeout_secs() -> u64 {
+    60
+}
+
+impl SftpConfig {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs.max(1))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {} has no [sftp] section; this command connects to Jumio and needs at least sftp.host and sftp.user (see config.example.toml)", path.display())]
+    NoSftp { path: PathBuf },
+    #[error("config file {}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// A loaded config and the file it came from (for error messages).
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    pub path: PathBuf,
+    pub config: Config,
+}
+
+impl Config {
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string().trim_end().replace('\n', " ") })?;
+        config.check(path)?;
+        Ok(config)
+    }
+
+    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Ok(Loaded { path: path.to_path_buf(), config: Config::parse(path, &text)? })
+    }
+
+    /// The named file, else the default path if it exists, else every default.
+    pub fn load_or_default(path: Option<&Path>) -> Result<Loaded, ConfigError> {
+        match path {
+            Some(path) => Config::load(path),
+            None if Path::new(crate::cli::DEFAULT_CONFIG).exists() => Config::load(Path::new(crate::cli::DEFAULT_CONFIG)),
+            None => Ok(Loaded { path: PathBuf::from(crate::cli::DEFAULT_CONFIG), config: Config::default() }),
+        }
+    }
+
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |message: &str| Err(ConfigError::Invalid { path: path.to_path_buf(), message: message.to_owned() });
+        if let Some(sftp) = &self.sftp {
+            if sftp.connections == 0 || sftp.connections > 64 {
+                return invalid("sftp.connections must be between 1 and 64");
+            }
+            if sftp.host.trim().is_empty() {
+                return invalid("sftp.host is empty");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Loaded {
+    pub fn sftp(&self) -> Result<&SftpConfig, ConfigError> {
+        self.config.sftp.as_ref().ok_or_else(|| ConfigError::NoSftp { path: self.path.clone() })
+    }
+
+    pub fn marker(&self) -> Option<&str> {
+        Some(DEFAULT_MARKER)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_with_the_real_loader() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+        let loaded = Config::load(&path).expect("config.example.toml must parse");
+        let sftp = loaded.sftp().unwrap();
+        assert_eq!(sftp.port, 22);
+        assert_eq!(sftp.connections, 4);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_that_names_it() {
+        let err = Config::parse(Path::new("c.toml"), "[sftp]\nhost = \"h\"\nuser = \"u\"\nconection = 3\n").unwrap_err();
+        assert!(err.to_string().contains("conection"), "{err}");
+        let err = Config::parse(Path::new("c.toml"), "[sfpt]\nhost = \"h\"\n").unwrap_err();
+        assert!(err.to_string().contains("sfpt"), "{err}");
+    }
+
+    #[test]
+    fn sftp_defaults_apply_and_connection_is_required_only_when_used() {
+        let loaded = Loaded { path: "c.toml".into(), config: Config::parse(Path::new("c.toml"), "").unwrap() };
+        assert!(loaded.sftp().unwrap_err().to_string().contains("[sftp]"));
+        let config = Config::parse(Path::new("c.toml"), "[sftp]\nhost = \"h\"\nuser = \"u\"\n").unwrap();
+        let sftp = config.sftp.unwrap();
+        assert_eq!((sftp.port, sftp.remote_dir.as_str(), sftp.timeout_secs), (22, ".", 60));
+    }
+}

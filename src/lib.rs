@@ -1,0 +1,6 @@
+//! jumio-batchd: validates identity-verification batches and ships them to Jumio over SFTP.
+//! See ARCHITECTURE.md for the map.
+
+pub mod cli;
+pub mod config;
+pub mod validate;
