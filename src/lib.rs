@@ -3,4 +3,6 @@
 
 pub mod cli;
 pub mod config;
+pub mod receipt;
+pub mod ship;
 pub mod validate;

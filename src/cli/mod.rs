@@ -1,5 +1,6 @@
 //! The command line: clap definitions and one file per subcommand's output.
 
+mod send;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -41,11 +42,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Validate a batch folder and ship it to Jumio: a fresh UUID folder, every file, DONE last.
+    #[command(
+        after_help = "Examples:\n  jumio-batchd --config /etc/jumio-batchd/config.toml send ./batch-17\n  jumio-batchd send --json ./batch-17 > receipt.json\n\nPrints the remote folder (a UUID) on stdout. Exit status: 0 shipped, 1 invalid batch (nothing sent), 2 shipping failed (DONE not written)."
+    )]
+    Send {
+        /// The batch folder.
+        dir: PathBuf,
+        /// Print the receipt (or the validation report) as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Validate { dir, json } => validate::run(cli.config.as_deref(), &dir, json),
+        Command::Send { dir, json } => send::run(cli.config.as_deref(), &dir, json),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -58,6 +58,11 @@ impl Batch {
         self
     }
 
+    pub fn file_ref(&self, rel: &str, bytes: &[u8]) -> &Batch {
+        write(&self.dir.join(rel), bytes);
+        self
+    }
+
     pub fn png(&self, rel: &str, width: u32, height: u32) -> &Batch {
         write(&self.dir.join(rel), &png(width, height));
         self

@@ -1,0 +1,77 @@
+//! What can go wrong while shipping, each case a situation an operator can act on,
+//! and whether trying again later can help.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    #[error("cannot connect to {addr}: {source}; check sftp.host and sftp.port, DNS and the firewall")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("{what} timed out after {secs} s talking to {addr}; the server or the network is slow or down (sftp.timeout_secs)")]
+    Timeout { what: String, addr: String, secs: u64 },
+    #[error("known_hosts file {} cannot be read: {reason}; create it with the server's key (see README, \"Install on an ingest host\")", path.display())]
+    KnownHostsUnreadable { path: PathBuf, reason: String },
+    #[error(
+        "host key of {addr} is not in {}: the server offered {key_type} {fingerprint}. Never accept it blindly: compare the fingerprint with the one shown in the Jumio Portal, then add it with `ssh-keyscan {keyscan_args} >> {}`",
+        known_hosts.display(),
+        known_hosts.display()
+    )]
+    HostKeyUnknown { addr: String, known_hosts: PathBuf, key_type: String, fingerprint: String, keyscan_args: String },
+    #[error(
+        "HOST KEY CHANGED for {addr}: the server offered {key_type} {fingerprint}, which does not match {}. This may be an attack; do not connect until Jumio confirms the new key, then replace the old line",
+        known_hosts.display()
+    )]
+    HostKeyChanged { addr: String, known_hosts: PathBuf, key_type: String, fingerprint: String },
+    #[error("private key {} is readable by group or others (mode {mode:o}); run `chmod 600 {}`", path.display(), path.display())]
+    KeyPermissions { path: PathBuf, mode: u32 },
+    #[error("private key {} cannot be read: {source}", path.display())]
+    KeyUnreadable { path: PathBuf, source: std::io::Error },
+    #[error("{addr} refused key authentication for user {user} with {}: check sftp.user and that the key's public half is registered in the Jumio Portal", key.display())]
+    AuthRefused { addr: String, user: String, key: PathBuf },
+    #[error("permission denied on the server for {path}: check sftp.remote_dir and the tenant's rights")]
+    PermissionDenied { path: String },
+    #[error("the server's disk or quota is full while writing {path}; it will be retried")]
+    RemoteFull { path: String },
+    #[error("{path} on the server has {remote} bytes after upload, expected {local}")]
+    SizeMismatch { path: String, local: u64, remote: u64 },
+    #[error("{} changed while it was being shipped ({reason}); the batch must stay untouched once claimed", path.display())]
+    LocalChanged { path: PathBuf, reason: String },
+    #[error("cannot read {}: {source}", path.display())]
+    LocalRead { path: PathBuf, source: std::io::Error },
+    #[error("{what} failed: {message}")]
+    Ssh { what: String, message: String },
+    #[error("stopped before DONE: shutdown requested")]
+    Interrupted,
+}
+
+impl ShipError {
+    /// True when trying again cannot help until a person changes something.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            ShipError::KnownHostsUnreadable { .. }
+                | ShipError::HostKeyUnknown { .. }
+                | ShipError::HostKeyChanged { .. }
+                | ShipError::KeyPermissions { .. }
+                | ShipError::KeyUnreadable { .. }
+                | ShipError::AuthRefused { .. }
+                | ShipError::PermissionDenied { .. }
+                | ShipError::LocalChanged { .. }
+                | ShipError::LocalRead { .. }
+        )
+    }
+
+    /// Classifies an ssh2 error from the step `what` on `path`.
+    pub fn from_ssh(e: ssh2::Error, what: &str, path: &str, addr: &str, secs: u64) -> ShipError {
+        const LIBSSH2_ERROR_TIMEOUT: i32 = -9;
+        const FX_PERMISSION_DENIED: i32 = 3;
+        const FX_NO_SPACE_ON_FILESYSTEM: i32 = 14;
+        const FX_QUOTA_EXCEEDED: i32 = 15;
+        match e.code() {
+            ssh2::ErrorCode::Session(LIBSSH2_ERROR_TIMEOUT) => ShipError::Timeout { what: what.to_owned(), addr: addr.to_owned(), secs },
+            ssh2::ErrorCode::SFTP(FX_PERMISSION_DENIED) => ShipError::PermissionDenied { path: path.to_owned() },
+            ssh2::ErrorCode::SFTP(FX_NO_SPACE_ON_FILESYSTEM | FX_QUOTA_EXCEEDED) => ShipError::RemoteFull { path: path.to_owned() },
+            _ => ShipError::Ssh { what: format!("{what} {path}"), message: e.message().to_owned() },
+        }
+    }
+}

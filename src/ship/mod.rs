@@ -1,0 +1,10 @@
+//! Shipping: SFTP sessions and the upload of one batch into its UUID folder, DONE last.
+//! **Invariant:** only this module knows ssh2.
+
+mod error;
+mod session;
+mod upload;
+
+pub use error::ShipError;
+pub use session::Connection;
+pub use upload::{remote_join, ship, Progress, Shipment, DONE_FILE, WRITE_CHUNK_BYTES};

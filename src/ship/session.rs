@@ -1,0 +1,178 @@
+//! One authenticated SFTP session: TCP connect with a timeout, the host key checked against
+//! known_hosts before authenticating, key authentication only. Only `ship/` knows ssh2.
+
+use super::ShipError;
+use crate::config::SftpConfig;
+use base64::Engine;
+use ssh2::{CheckResult, HashType, HostKeyType, KnownHostFileKind, MethodType, Session, Sftp};
+use std::collections::BTreeMap;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Mutex;
+
+/// Host key algorithms in the order tried; one missing from known_hosts makes us try the next
+/// the server offers, as OpenSSH prefers the types it already knows.
+const HOST_KEY_ALGORITHMS: &[&str] =
+    &["ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"];
+
+/// The algorithm whose key matched known_hosts, per server, so later sessions need one handshake.
+static KNOWN_ALGORITHM: Mutex<BTreeMap<String, &'static str>> = Mutex::new(BTreeMap::new());
+
+fn key_type_of(algorithm: &str) -> &str {
+    if algorithm.contains("rsa") {
+        "ssh-rsa"
+    } else {
+        algorithm
+    }
+}
+
+pub struct Connection {
+    pub sftp: Sftp,
+    pub session: Session,
+    pub addr: String,
+    pub timeout_secs: u64,
+}
+
+impl Connection {
+    pub fn open(cfg: &SftpConfig) -> Result<Connection, ShipError> {
+        check_private_key(cfg)?;
+        let addr = format!("{}:{}", cfg.host, cfg.port);
+        let remembered = KNOWN_ALGORITHM.lock().unwrap_or_else(|p| p.into_inner()).get(&addr).copied();
+        let mut first_unknown = None;
+        let mut tried_types = Vec::new();
+        for &algorithm in remembered.iter().chain(HOST_KEY_ALGORITHMS) {
+            if tried_types.contains(&key_type_of(algorithm)) {
+                continue;
+            }
+            let session = match handshake(cfg, &addr, algorithm) {
+                Ok(session) => session,
+                // The server does not offer this algorithm: try the next one.
+                Err(ShipError::Ssh { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            tried_types.push(key_type_of(algorithm));
+            if verify_host_key(cfg, &addr, &session)? {
+                KNOWN_ALGORITHM.lock().unwrap_or_else(|p| p.into_inner()).insert(addr.clone(), algorithm);
+                return authenticate(cfg, addr, session);
+            }
+            first_unknown.get_or_insert_with(|| unknown_key_error(cfg, &addr, &session));
+        }
+        Err(first_unknown.unwrap_or_else(|| ShipError::Ssh {
+            what: format!("SSH handshake with {addr}"),
+            message: "no host key algorithm in common with the server, or the server closed the connection".to_owned(),
+        }))
+    }
+
+    pub fn error(&self, e: ssh2::Error, what: &str, path: &str) -> ShipError {
+        ShipError::from_ssh(e, what, path, &self.addr, self.timeout_secs)
+    }
+}
+
+fn check_private_key(cfg: &SftpConfig) -> Result<(), ShipError> {
+    let meta = std::fs::metadata(&cfg.private_key).map_err(|source| ShipError::KeyUnreadable { path: cfg.private_key.clone(), source })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(ShipError::KeyPermissions { path: cfg.private_key.clone(), mode });
+    }
+    Ok(())
+}
+
+fn handshake(cfg: &SftpConfig, addr: &str, algorithm: &str) -> Result<Session, ShipError> {
+    let timeout = cfg.timeout();
+    let connect_err = |source| ShipError::Connect { addr: addr.to_owned(), source };
+    let sockets = addr.to_socket_addrs().map_err(connect_err)?.collect::<Vec<_>>();
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "the name resolves to no address");
+    let mut stream = None;
+    for socket in sockets {
+        match TcpStream::connect_timeout(&socket, timeout) {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = e,
+        }
+    }
+    let stream = stream.ok_or_else(|| connect_err(last))?;
+    let _ = stream.set_nodelay(true);
+    let mut session = Session::new().map_err(|e| ShipError::Ssh { what: "creating an SSH session".into(), message: e.to_string() })?;
+    session.set_timeout(timeout.as_millis().min(u32::MAX as u128) as u32);
+    session
+        .method_pref(MethodType::HostKey, algorithm)
+        .map_err(|e| ShipError::Ssh { what: "host key preference".into(), message: e.to_string() })?;
+    session.set_tcp_stream(stream);
+    session.handshake().map_err(|e| ShipError::from_ssh(e, "SSH handshake with", addr, addr, cfg.timeout_secs))?;
+    Ok(session)
+}
+
+/// True when the key matches known_hosts, false when it holds no key of the offered type for
+/// the host (another algorithm may match); a different key of the same type is refused at once.
+fn verify_host_key(cfg: &SftpConfig, addr: &str, session: &Session) -> Result<bool, ShipError> {
+    let unreadable = |reason: String| ShipError::KnownHostsUnreadable { path: cfg.known_hosts.clone(), reason };
+    let text = std::fs::read_to_string(&cfg.known_hosts).map_err(|e| unreadable(e.to_string()))?;
+    let (key, key_type) =
+        session.host_key().ok_or_else(|| ShipError::Ssh { what: "reading the host key".into(), message: "no key".into() })?;
+    let offered = key_type_name(key_type);
+    // libssh2 compares a host's keys of every type; give it only the lines of the offered type,
+    // so "no key of this type" and "a different key" can be told apart.
+    let mut known = session.known_hosts().map_err(|e| unreadable(e.to_string()))?;
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() >= 3 && !fields[0].starts_with(['#', '@']) && fields[1] == offered {
+            let _ = known.read_str(line, KnownHostFileKind::OpenSSH);
+        }
+    }
+    match known.check_port(&cfg.host, cfg.port, key) {
+        CheckResult::Match => Ok(true),
+        CheckResult::Mismatch => Err(ShipError::HostKeyChanged {
+            addr: addr.to_owned(),
+            known_hosts: cfg.known_hosts.clone(),
+            key_type: offered.to_owned(),
+            fingerprint: fingerprint(session),
+        }),
+        CheckResult::NotFound | CheckResult::Failure => Ok(false),
+    }
+}
+
+fn unknown_key_error(cfg: &SftpConfig, addr: &str, session: &Session) -> ShipError {
+    let key_type = session.host_key().map_or("unknown", |(_, t)| key_type_name(t));
+    let short_type = key_type.strip_prefix("ssh-").unwrap_or(key_type);
+    let short_type = if short_type.starts_with("ecdsa") { "ecdsa" } else { short_type };
+    let keyscan_args =
+        if cfg.port == 22 { format!("-t {short_type} {}", cfg.host) } else { format!("-p {} -t {short_type} {}", cfg.port, cfg.host) };
+    ShipError::HostKeyUnknown {
+        addr: addr.to_owned(),
+        known_hosts: cfg.known_hosts.clone(),
+        key_type: key_type.to_owned(),
+        fingerprint: fingerprint(session),
+        keyscan_args,
+    }
+}
+
+/// The OpenSSH form: `SHA256:` and unpadded base64.
+fn fingerprint(session: &Session) -> String {
+    let hash = session.host_key_hash(HashType::Sha256).unwrap_or_default();
+    format!("SHA256:{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(hash))
+}
+
+fn key_type_name(key_type: HostKeyType) -> &'static str {
+    match key_type {
+        HostKeyType::Rsa => "ssh-rsa",
+        HostKeyType::Dss => "ssh-dss",
+        HostKeyType::Ecdsa256 => "ecdsa-sha2-nistp256",
+        HostKeyType::Ecdsa384 => "ecdsa-sha2-nistp384",
+        HostKeyType::Ecdsa521 => "ecdsa-sha2-nistp521",
+        HostKeyType::Ed25519 => "ssh-ed25519",
+        HostKeyType::Unknown => "unknown",
+    }
+}
+
+fn authenticate(cfg: &SftpConfig, addr: String, session: Session) -> Result<Connection, ShipError> {
+    if let Err(e) = session.userauth_pubkey_file(&cfg.user, None, &cfg.private_key, None) {
+        return Err(match e.code() {
+            ssh2::ErrorCode::Session(-9) => ShipError::from_ssh(e, "authentication at", &addr, &addr, cfg.timeout_secs),
+            _ => ShipError::AuthRefused { addr, user: cfg.user.clone(), key: cfg.private_key.clone() },
+        });
+    }
+    let sftp = session.sftp().map_err(|e| ShipError::from_ssh(e, "opening SFTP on", &addr, &addr, cfg.timeout_secs))?;
+    Ok(Connection { sftp, session, addr, timeout_secs: cfg.timeout_secs })
+}

@@ -1,0 +1,274 @@
+//! Puts a batch's files into its UUID folder over several sessions, largest first, hashing
+//! each file as it is read for the upload; then, and only then, writes DONE.
+
+use super::session::Connection;
+use super::ShipError;
+use crate::config::SftpConfig;
+use crate::validate::BatchFile;
+use sha2::{Digest, Sha256};
+use ssh2::{OpenFlags, OpenType};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// libssh2 splits a write call into 30,000-byte SFTP packets and keeps them all in flight, but
+/// waits for every ack before the call returns: calls must be large to fill the pipe.
+pub const SFTP_PACKET_BYTES: usize = 30_000;
+pub const WRITE_CHUNK_BYTES: usize = SFTP_PACKET_BYTES * 35; // about 1 MiB
+pub const LARGE_FILE_WRITE_CHUNK_BYTES: usize = SFTP_PACKET_BYTES * 140; // about 4 MiB
+const LARGE_FILE_BYTES: u64 = 8 * 1024 * 1024;
+pub const DONE_FILE: &str = "DONE";
+
+/// Live counters a caller may read while a shipment runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub bytes_sent: AtomicU64,
+}
+
+/// What a shipment left on the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shipment {
+    /// `remote_dir/uuid`, as the server resolves it from the tenant home.
+    pub remote_dir: String,
+    pub files_sha256: BTreeMap<String, String>,
+    /// Files uploaded by this call; the rest were already on the server with the right size.
+    pub uploaded: usize,
+    /// DONE was already on the server: the batch was submitted before (by a run that crashed).
+    pub already_submitted: bool,
+}
+
+/// Ships `files` (paths relative to `root`) into `remote_dir/uuid`, resuming whatever an
+/// earlier attempt left there. `stop` makes it end at the next file boundary, before DONE.
+pub fn ship(
+    cfg: &SftpConfig,
+    root: &Path,
+    files: &[BatchFile],
+    uuid: &str,
+    progress: &Progress,
+    stop: &AtomicBool,
+) -> Result<Shipment, ShipError> {
+    let main = Connection::open(cfg)?;
+    let folder = remote_join(&cfg.remote_dir, uuid);
+    let present = remote_files(&main, &folder)?;
+    if present.contains_key(DONE_FILE) {
+        let files_sha256 = hash_local(root, files)?;
+        return Ok(Shipment { remote_dir: folder, files_sha256, uploaded: 0, already_submitted: true });
+    }
+    make_dirs(&main, &folder, files, &present)?;
+    let (kept, mut todo): (Vec<&BatchFile>, Vec<&BatchFile>) = files.iter().partition(|f| present.get(&f.path) == Some(&f.size));
+    todo.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
+    let mut files_sha256 = upload_all(cfg, &main, root, &folder, &todo, progress, stop)?;
+    let kept: Vec<BatchFile> = kept.into_iter().cloned().collect();
+    files_sha256.extend(hash_local(root, &kept)?);
+    if stop.load(Ordering::SeqCst) {
+        return Err(ShipError::Interrupted);
+    }
+    write_done(&main, &folder)?;
+    Ok(Shipment { remote_dir: folder, files_sha256, uploaded: todo.len(), already_submitted: false })
+}
+
+pub fn remote_join(base: &str, rel: &str) -> String {
+    match base.trim_end_matches('/') {
+        "" | "." => rel.to_owned(),
+        base => format!("{base}/{rel}"),
+    }
+}
+
+/// Files already in the batch folder (relative path → size); creates the folder when absent.
+fn remote_files(conn: &Connection, folder: &str) -> Result<BTreeMap<String, u64>, ShipError> {
+    let mut found = BTreeMap::new();
+    match conn.sftp.stat(Path::new(folder)) {
+        Ok(stat) if stat.is_dir() => {}
+        Ok(_) => return Err(ShipError::Ssh { what: format!("creating {folder}"), message: "a file of that name exists".into() }),
+        Err(_) => {
+            conn.sftp.mkdir(Path::new(folder), 0o755).map_err(|e| conn.error(e, "creating folder", folder))?;
+            return Ok(found);
+        }
+    }
+    let mut stack = vec![String::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = if rel.is_empty() { folder.to_owned() } else { format!("{folder}/{rel}") };
+        for (path, stat) in conn.sftp.readdir(Path::new(&dir)).map_err(|e| conn.error(e, "listing", &dir))? {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            if stat.is_dir() {
+                stack.push(child);
+            } else {
+                found.insert(child, stat.size.unwrap_or(0));
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn make_dirs(conn: &Connection, folder: &str, files: &[BatchFile], present: &BTreeMap<String, u64>) -> Result<(), ShipError> {
+    let mut dirs = BTreeSet::new();
+    for file in files {
+        let mut parent = Path::new(&file.path).parent();
+        while let Some(dir) = parent.filter(|d| !d.as_os_str().is_empty()) {
+            dirs.insert(dir.to_string_lossy().into_owned());
+            parent = dir.parent();
+        }
+    }
+    // BTreeSet order puts every parent before its children.
+    for dir in dirs {
+        let remote = format!("{folder}/{dir}");
+        let prefix = format!("{dir}/");
+        if present.keys().any(|p| p.starts_with(&prefix)) {
+            continue;
+        }
+        if let Err(e) = conn.sftp.mkdir(Path::new(&remote), 0o755) {
+            match conn.sftp.stat(Path::new(&remote)) {
+                Ok(stat) if stat.is_dir() => {}
+                _ => return Err(conn.error(e, "creating folder", &remote)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Spreads `todo` (largest first) over up to `cfg.connections` sessions, `main` among them.
+fn upload_all(
+    cfg: &SftpConfig,
+    main: &Connection,
+    root: &Path,
+    folder: &str,
+    todo: &[&BatchFile],
+    progress: &Progress,
+    stop: &AtomicBool,
+) -> Result<BTreeMap<String, String>, ShipError> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let hashes = Mutex::new(BTreeMap::new());
+    let sessions = cfg.connections.min(todo.len()).max(1);
+    let worker = |conn: &Connection| -> Result<(), ShipError> {
+        let mut buffer = Vec::new();
+        loop {
+            if failed.load(Ordering::SeqCst) || stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let Some(file) = todo.get(next.fetch_add(1, Ordering::SeqCst)) else { return Ok(()) };
+            let sha = upload_file(conn, root, folder, file, &mut buffer, progress).inspect_err(|_| failed.store(true, Ordering::SeqCst))?;
+            hashes.lock().unwrap_or_else(|p| p.into_inner()).insert(file.path.clone(), sha);
+        }
+    };
+    let results: Vec<Result<(), ShipError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (1..sessions)
+            .map(|_| {
+                scope.spawn(|| {
+                    let conn = Connection::open(cfg).inspect_err(|_| failed.store(true, Ordering::SeqCst))?;
+                    worker(&conn)
+                })
+            })
+            .collect();
+        let mut results = vec![worker(main)];
+        results.extend(
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(ShipError::Ssh { what: "upload".into(), message: "worker panicked".into() }))),
+        );
+        results
+    });
+    // Report the first real error; `Interrupted` only when nothing else went wrong.
+    for result in results {
+        result?;
+    }
+    if hashes.lock().unwrap_or_else(|p| p.into_inner()).len() < todo.len() && stop.load(Ordering::SeqCst) {
+        return Err(ShipError::Interrupted);
+    }
+    Ok(hashes.into_inner().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// Streams one file, hashing what it sends; checks the size the server reports afterwards.
+fn upload_file(
+    conn: &Connection,
+    root: &Path,
+    folder: &str,
+    file: &BatchFile,
+    buffer: &mut Vec<u8>,
+    progress: &Progress,
+) -> Result<String, ShipError> {
+    let local_path = root.join(&file.path);
+    let remote = format!("{folder}/{}", file.path);
+    let mut local = File::open(&local_path).map_err(|source| ShipError::LocalRead { path: local_path.clone(), source })?;
+    let chunk = if file.size >= LARGE_FILE_BYTES { LARGE_FILE_WRITE_CHUNK_BYTES } else { WRITE_CHUNK_BYTES };
+    buffer.resize(chunk.min(file.size.max(1) as usize), 0);
+    let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE;
+    let mut handle =
+        conn.sftp.open_mode(Path::new(&remote), flags, 0o644, OpenType::File).map_err(|e| conn.error(e, "creating", &remote))?;
+    let mut hasher = Sha256::new();
+    let mut sent = 0u64;
+    loop {
+        let n = read_full(&mut local, buffer).map_err(|source| ShipError::LocalRead { path: local_path.clone(), source })?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        handle.write_all(&buffer[..n]).map_err(|e| io_to_ship(conn, e, "writing", &remote))?;
+        sent += n as u64;
+        progress.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    handle.close().map_err(|e| conn.error(e, "closing", &remote))?;
+    if sent != file.size {
+        return Err(ShipError::LocalChanged { path: local_path, reason: format!("{sent} bytes read, {} when validated", file.size) });
+    }
+    let remote_size = conn.sftp.stat(Path::new(&remote)).map_err(|e| conn.error(e, "checking", &remote))?.size.unwrap_or(0);
+    if remote_size != file.size {
+        return Err(ShipError::SizeMismatch { path: remote, local: file.size, remote: remote_size });
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn read_full(file: &mut File, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match file.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+fn io_to_ship(conn: &Connection, e: std::io::Error, what: &str, path: &str) -> ShipError {
+    match e.into_inner().and_then(|inner| inner.downcast::<ssh2::Error>().ok()) {
+        Some(ssh) => conn.error(*ssh, what, path),
+        None => ShipError::Ssh { what: format!("{what} {path}"), message: "connection lost".into() },
+    }
+}
+
+/// sha256 of files that are already on the server (a resumed shipment), read locally.
+pub fn hash_local(root: &Path, files: &[BatchFile]) -> Result<BTreeMap<String, String>, ShipError> {
+    let mut hashes = BTreeMap::new();
+    let mut buffer = vec![0u8; WRITE_CHUNK_BYTES];
+    for file in files {
+        let path = root.join(&file.path);
+        let mut local = File::open(&path).map_err(|source| ShipError::LocalRead { path: path.clone(), source })?;
+        let mut hasher = Sha256::new();
+        loop {
+            let n = read_full(&mut local, &mut buffer).map_err(|source| ShipError::LocalRead { path: path.clone(), source })?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buffer[..n]);
+        }
+        hashes.insert(file.path.clone(), hex::encode(hasher.finalize()));
+    }
+    Ok(hashes)
+}
+
+/// The one place DONE is written: after every file's size was checked. EXCLUSIVE, so a DONE
+/// that is somehow already there is never written twice.
+fn write_done(conn: &Connection, folder: &str) -> Result<(), ShipError> {
+    let path = format!("{folder}/{DONE_FILE}");
+    let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::EXCLUSIVE;
+    let mut handle = conn.sftp.open_mode(Path::new(&path), flags, 0o644, OpenType::File).map_err(|e| conn.error(e, "writing", &path))?;
+    handle.close().map_err(|e| conn.error(e, "closing", &path))?;
+    conn.sftp.stat(Path::new(&path)).map_err(|e| conn.error(e, "checking", &path))?;
+    Ok(())
+}

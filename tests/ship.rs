@@ -1,0 +1,221 @@
+//! Shipping against a real OpenSSH server: byte-identical trees, DONE last, host keys.
+
+mod support;
+
+use jumio_batchd::ship::{ship, Progress, ShipError};
+use jumio_batchd::validate::validate;
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use support::fixtures::{self, Batch};
+use support::sshd::{tree, TestServer};
+
+fn send(server: &TestServer, batch: &Batch, extra: &[&str]) -> (i32, String, String) {
+    let config = server.dir.path().join("config.toml");
+    std::fs::write(&config, server.sftp_toml()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_jumio-batchd"))
+        .arg("--config")
+        .arg(&config)
+        .arg("send")
+        .args(extra)
+        .arg(&batch.dir)
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+}
+
+/// The local batch as it must appear on the server: every file but the marker and unreferenced ones.
+fn expected_tree(batch: &Batch) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut t = tree(&batch.dir);
+    t.insert("DONE".into(), Vec::new());
+    t
+}
+
+#[test]
+fn sent_batch_lands_byte_identical_in_a_fresh_uuid_folder_with_done_last() {
+    let server = TestServer::start_logged();
+    let batch = Batch::valid("batch-a", 5);
+    let (code, stdout, stderr) = send(&server, &batch, &["--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let receipt: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let folders = server.remote_folders();
+    assert_eq!(folders.len(), 1);
+    let uuid = uuid::Uuid::parse_str(&folders[0]).expect("folder named by a UUID");
+    assert_eq!(uuid.get_version_num(), 4);
+    assert_eq!(receipt["remote_dir"], folders[0]);
+    assert_eq!((receipt["batch"].as_str(), receipt["rows"].as_u64(), receipt["files"].as_u64()), (Some("batch-a"), Some(5), Some(15)));
+    assert_eq!(tree(&server.home().join(&folders[0])), expected_tree(&batch));
+    let csv_sha = receipt["files_sha256"]["input.csv"].as_str().unwrap();
+    assert_eq!(csv_sha, sha256_hex(&std::fs::read(batch.path("input.csv")).unwrap()));
+    assert_eq!(receipt["files_sha256"].as_object().unwrap().len(), 16);
+
+    let closed = server.closed_in_order();
+    assert_eq!(closed.last().map(String::as_str), Some(format!("{}/DONE", folders[0]).as_str()), "DONE must be closed last: {closed:?}");
+    assert_eq!(closed.len(), 17, "each file written once, DONE once: {closed:?}");
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[test]
+fn unreferenced_files_and_the_marker_stay_home() {
+    let server = TestServer::start();
+    let batch = Batch::valid("b", 1).file("DONE", b"").file("notes.txt", b"private notes");
+    let (code, stdout, stderr) = send(&server, &batch, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let remote = tree(&server.home().join(stdout.trim()));
+    assert_eq!(
+        remote.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["DONE", "img/1.back.jpg", "img/1.face.png", "img/1.front.png", "input.csv"]
+    );
+    assert!(remote["DONE"].is_empty());
+}
+
+#[test]
+fn an_invalid_batch_is_refused_and_nothing_reaches_the_server() {
+    let server = TestServer::start();
+    let batch = Batch::valid("b", 2).csv(&format!("{}\n{}\n", fixtures::HEADER, fixtures::row(3)));
+    let (code, _, stderr) = send(&server, &batch, &[]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("[image_missing] frontImage"), "{stderr}");
+    assert!(server.remote_folders().is_empty());
+}
+
+#[test]
+fn many_files_over_several_sessions_arrive_complete() {
+    let server = TestServer::start();
+    let batch = Batch::valid("b", 40);
+    batch.png("img/big.png", 1200, 900);
+    let csv = std::fs::read_to_string(batch.path("input.csv")).unwrap() + "10015,ref-big,img/big.png,,,,,,,,,,,,,\n";
+    let batch = batch.csv(&csv);
+    let checked = validate(&batch.dir, Some("DONE")).unwrap();
+    assert!(checked.report.valid, "{:?}", checked.report.errors);
+    let mut cfg = server.sftp_config();
+    cfg.connections = 3;
+    let progress = Progress::default();
+    let shipment =
+        ship(&cfg, &batch.dir, &checked.files, "2f1c9a3e-0000-4000-8000-000000000001", &progress, &AtomicBool::new(false)).unwrap();
+    assert_eq!(shipment.uploaded, 122);
+    assert_eq!(progress.bytes_sent.load(std::sync::atomic::Ordering::SeqCst), checked.report.bytes);
+    assert_eq!(tree(&server.home().join(&shipment.remote_dir)), expected_tree(&batch));
+    let sessions = server.log().matches("Accepted publickey").count();
+    assert_eq!(sessions, 3, "three sessions shared the work");
+}
+
+#[test]
+fn an_unknown_host_key_is_refused_before_anything_is_created() {
+    let server = TestServer::start();
+    let other = tempfile::tempdir().unwrap();
+    support::sshd::keygen(&other.path().join("k"), "ed25519");
+    let other_key = std::fs::read_to_string(other.path().join("k.pub")).unwrap();
+    // Known for another host only: unknown here.
+    std::fs::write(server.dir.path().join("known_hosts"), format!("[127.0.0.1]:1 {other_key}")).unwrap();
+    let (code, _, stderr) = send(&server, &Batch::valid("b", 1), &[]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("is not in") && stderr.contains("SHA256:") && stderr.contains("ssh-keyscan -p"), "{stderr}");
+    assert!(server.remote_folders().is_empty());
+    assert!(!server.log().contains("Accepted publickey"), "must refuse before authenticating");
+
+    // Same host, another key of the same type: changed.
+    std::fs::write(server.dir.path().join("known_hosts"), format!("[127.0.0.1]:{} {other_key}", server.port)).unwrap();
+    let (code, _, stderr) = send(&server, &Batch::valid("b", 1), &[]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("HOST KEY CHANGED") && stderr.contains("SHA256:"), "{stderr}");
+    assert!(server.remote_folders().is_empty());
+}
+
+#[test]
+fn a_known_key_of_another_type_only_is_refused() {
+    let server = TestServer::start();
+    let other = tempfile::tempdir().unwrap();
+    support::sshd::keygen(&other.path().join("k"), "rsa");
+    let rsa = std::fs::read_to_string(other.path().join("k.pub")).unwrap();
+    std::fs::write(server.dir.path().join("known_hosts"), format!("[127.0.0.1]:{} {rsa}", server.port)).unwrap();
+    let (code, _, stderr) = send(&server, &Batch::valid("b", 1), &[]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("is not in") && stderr.contains("ssh-ed25519"), "{stderr}");
+    assert!(server.remote_folders().is_empty());
+}
+
+#[test]
+fn hashed_known_hosts_entries_are_accepted() {
+    let server = TestServer::start();
+    let known = server.dir.path().join("known_hosts");
+    let status = Command::new("ssh-keygen").arg("-H").arg("-f").arg(&known).output().unwrap();
+    assert!(status.status.success());
+    assert!(std::fs::read_to_string(&known).unwrap().starts_with("|1|"));
+    let (code, _, stderr) = send(&server, &Batch::valid("b", 1), &[]);
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn a_private_key_readable_by_others_is_refused() {
+    let server = TestServer::start();
+    let key = server.dir.path().join("client_key");
+    std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&key).unwrap().permissions(), 0o644);
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let (code, _, stderr) = send(&server, &Batch::valid("b", 1), &[]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+    assert!(server.remote_folders().is_empty());
+}
+
+#[test]
+fn server_killed_mid_upload_leaves_no_done_and_says_why() {
+    let mut server = TestServer::start();
+    let batch = Batch::valid("b", 1);
+    for i in 0..12 {
+        batch.file_ref(&format!("big/{i}.png"), &[fixtures::png(8, 8), fixtures::noise(6_000_000, i)].concat());
+    }
+    let mut csv = std::fs::read_to_string(batch.path("input.csv")).unwrap();
+    for i in 0..12 {
+        csv.push_str(&format!("10015,ref-big-{i},big/{i}.png,,,,,,,,,,,,,\n"));
+    }
+    let batch = batch.csv(&csv);
+    let config = server.dir.path().join("config.toml");
+    std::fs::write(&config, server.sftp_toml().replace("connections = 4", "connections = 1")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_jumio-batchd"))
+        .arg("--config")
+        .arg(&config)
+        .arg("send")
+        .arg(&batch.dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until some bytes are on the server, then pull the plug.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while dir_bytes(&server.home()) < 3_000_000 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    server.kill();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.trim().is_empty());
+    let folders = server.remote_folders();
+    assert_eq!(folders.len(), 1);
+    assert!(!server.home().join(&folders[0]).join("DONE").exists());
+}
+
+fn dir_bytes(root: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+#[test]
+fn permanent_errors_are_classified() {
+    assert!(ShipError::AuthRefused { addr: "h:22".into(), user: "u".into(), key: "k".into() }.is_permanent());
+    assert!(!ShipError::RemoteFull { path: "p".into() }.is_permanent());
+}
