@@ -13,6 +13,46 @@ pub const DEFAULT_MARKER: &str = "DONE";
 pub struct Config {
     /// Where batches go. Required only by commands that connect.
     pub sftp: Option<SftpConfig>,
+    #[serde(default)]
+    pub state: StateConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// SQLite database on local disk (never on the drop share).
+    pub database: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig { database: PathBuf::from("/var/lib/jumio-batchd/state.db") }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    pub initial_delay_secs: u64,
+    pub max_delay_secs: u64,
+    /// Upload attempts before a batch is failed (transient errors only; permanent ones fail at once).
+    pub max_attempts: u32,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig { initial_delay_secs: 10, max_delay_secs: 900, max_attempts: 8 }
+    }
+}
+
+impl RetryConfig {
+    /// Exponential backoff with full jitter: uniform in [0, min(max, initial * 2^(attempt-1))].
+    pub fn delay(&self, attempt: u32, rng: &mut impl rand::Rng) -> Duration {
+        let ceiling = self.initial_delay_secs.saturating_mul(1u64 << attempt.saturating_sub(1).min(30)).min(self.max_delay_secs);
+        Duration::from_millis(rng.gen_range(0..=ceiling.saturating_mul(1000)))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -102,6 +142,12 @@ impl Config {
 
     fn check(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |message: &str| Err(ConfigError::Invalid { path: path.to_path_buf(), message: message.to_owned() });
+        if self.retry.max_attempts == 0 {
+            return invalid("retry.max_attempts must be at least 1");
+        }
+        if self.retry.initial_delay_secs > self.retry.max_delay_secs {
+            return invalid("retry.initial_delay_secs must not exceed retry.max_delay_secs");
+        }
         if let Some(sftp) = &self.sftp {
             if sftp.connections == 0 || sftp.connections > 64 {
                 return invalid("sftp.connections must be between 1 and 64");
@@ -135,6 +181,19 @@ mod tests {
         let sftp = loaded.sftp().unwrap();
         assert_eq!(sftp.port, 22);
         assert_eq!(sftp.connections, 4);
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_with_full_jitter_and_a_ceiling() {
+        use rand::SeedableRng;
+        let retry = RetryConfig { initial_delay_secs: 2, max_delay_secs: 60, max_attempts: 10 };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for (attempt, ceiling) in [(1, 2), (2, 4), (3, 8), (5, 32), (6, 60), (20, 60)] {
+            let delays: Vec<Duration> = (0..200).map(|_| retry.delay(attempt, &mut rng)).collect();
+            assert!(delays.iter().all(|d| *d <= Duration::from_secs(ceiling)), "attempt {attempt}");
+            assert!(delays.iter().any(|d| *d < Duration::from_secs(ceiling) / 4), "jitter reaches low values");
+            assert!(delays.iter().any(|d| *d > Duration::from_secs(ceiling) * 3 / 4), "jitter reaches high values");
+        }
     }
 
     #[test]

@@ -1,8 +1,14 @@
 //! jumio-batchd: validates identity-verification batches and ships them to Jumio over SFTP.
 //! See ARCHITECTURE.md for the map.
 
+pub mod batch;
 pub mod cli;
 pub mod config;
+pub mod deliver;
+pub mod failpoint;
+pub mod fingerprint;
 pub mod receipt;
 pub mod ship;
+pub mod store;
+pub mod telemetry;
 pub mod validate;

@@ -10,8 +10,7 @@ use support::fixtures::{self, Batch};
 use support::sshd::{tree, TestServer};
 
 fn send(server: &TestServer, batch: &Batch, extra: &[&str]) -> (i32, String, String) {
-    let config = server.dir.path().join("config.toml");
-    std::fs::write(&config, server.sftp_toml()).unwrap();
+    let config = server.write_config_file(&[]);
     let out = Command::new(env!("CARGO_BIN_EXE_jumio-batchd"))
         .arg("--config")
         .arg(&config)
@@ -173,8 +172,7 @@ fn server_killed_mid_upload_leaves_no_done_and_says_why() {
         csv.push_str(&format!("10015,ref-big-{i},big/{i}.png,,,,,,,,,,,,,\n"));
     }
     let batch = batch.csv(&csv);
-    let config = server.dir.path().join("config.toml");
-    std::fs::write(&config, server.sftp_toml().replace("connections = 4", "connections = 1")).unwrap();
+    let config = server.write_config_file(&[("connections = 4", "connections = 1"), ("max_attempts = 3", "max_attempts = 1")]);
     let child = Command::new(env!("CARGO_BIN_EXE_jumio-batchd"))
         .arg("--config")
         .arg(&config)

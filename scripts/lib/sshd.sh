@@ -46,5 +46,8 @@ known_hosts = "$dir/known_hosts"
 remote_dir = "."
 connections = ${CONNECTIONS:-4}
 timeout_secs = 30
+
+[state]
+database = "$dir/state.db"
 CONF
 }

@@ -52,13 +52,20 @@ pub enum Command {
         /// Print the receipt (or the validation report) as JSON.
         #[arg(long)]
         json: bool,
+        /// Ship even if a batch with the same content was already submitted (each submission costs money).
+        #[arg(long)]
+        allow_duplicate: bool,
     },
+}
+
+fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(future)
 }
 
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Validate { dir, json } => validate::run(cli.config.as_deref(), &dir, json),
-        Command::Send { dir, json } => send::run(cli.config.as_deref(), &dir, json),
+        Command::Send { dir, json, allow_duplicate } => block_on(send::run(cli.config.as_deref(), &dir, json, allow_duplicate)),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -1,18 +1,25 @@
-//! `jumio-batchd send DIR [--json]`: validate, ship into a fresh UUID folder, print the receipt.
+//! `jumio-batchd send DIR [--json] [--allow-duplicate]`: validate, record, ship into the
+//! batch's UUID folder (resuming a crashed run), retry transient failures, print the receipt.
 
-use super::{EXIT_INVALID, EXIT_OK};
+use super::{EXIT_INVALID, EXIT_OK, EXIT_USAGE};
 use crate::config::Config;
+use crate::deliver::{self, Outcome, Shipper};
 use crate::receipt::Receipt;
-use crate::ship::{self, Progress};
+use crate::store::Store;
+use crate::telemetry::{self, Sink};
 use crate::validate;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-pub fn run(config: Option<&Path>, dir: &Path, json: bool) -> anyhow::Result<u8> {
+pub async fn run(config: Option<&Path>, dir: &Path, json: bool, allow_duplicate: bool) -> anyhow::Result<u8> {
     let loaded = Config::load_or_default(config)?;
+    telemetry::init(Sink::Stderr, false, "info");
     let sftp = loaded.sftp()?;
     let checked = validate::validate(dir, loaded.marker())?;
+    let store = Store::open(&loaded.config.state.database).await?;
+    let record = deliver::admit(&store, dir, &checked).await?;
+    crate::failpoint::hit("after_admit");
     let report = &checked.report;
     if !report.valid {
         if json {
@@ -23,20 +30,67 @@ pub fn run(config: Option<&Path>, dir: &Path, json: bool) -> anyhow::Result<u8> 
         }
         return Ok(EXIT_INVALID);
     }
-    let uuid = uuid::Uuid::new_v4().to_string();
-    let started = Instant::now();
-    let shipment = ship::ship(sftp, dir, &checked.files, &uuid, &Progress::default(), &AtomicBool::new(false))?;
-    let receipt = Receipt {
-        batch: report.batch.clone(),
-        remote_dir: shipment.remote_dir,
-        rows: report.rows,
-        files: report.files,
-        bytes: report.bytes,
-        seconds: started.elapsed().as_secs_f64(),
-        files_sha256: shipment.files_sha256,
-    };
-    print_receipt(&receipt, json)?;
-    Ok(EXIT_OK)
+    let stop = Arc::new(AtomicBool::new(false));
+    tokio::spawn(stop_on_signal(stop.clone()));
+    let shipper = Shipper { store: &store, sftp, retry: &loaded.config.retry, stop: stop.clone() };
+    let mut record = record;
+    loop {
+        match shipper.attempt(record, dir, &checked.files, allow_duplicate).await? {
+            Outcome::Submitted { receipt, .. } => {
+                print_receipt(&receipt, json)?;
+                return Ok(EXIT_OK);
+            }
+            Outcome::Duplicate { record, .. } => {
+                eprintln!("{}: not sent: {}", record.name, record.last_error.unwrap_or_default());
+                return Ok(EXIT_INVALID);
+            }
+            Outcome::Failed { record } => {
+                eprintln!("{}: failed: {}", record.name, record.last_error.unwrap_or_default());
+                return Ok(EXIT_USAGE);
+            }
+            Outcome::Interrupted { record } => {
+                eprintln!(
+                    "{}: interrupted before DONE; run the same command again to resume into {}",
+                    record.name,
+                    record.remote_uuid.unwrap_or_default()
+                );
+                return Ok(EXIT_USAGE);
+            }
+            Outcome::RetryWait { record: waiting } => {
+                let wait = deliver::wait_for(&waiting);
+                eprintln!(
+                    "{}: attempt {} failed: {}; retrying in {:.1} s",
+                    waiting.name,
+                    waiting.attempts,
+                    waiting.last_error.as_deref().unwrap_or(""),
+                    wait.as_secs_f64()
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = wait_for_stop(&stop) => {
+                        eprintln!("{}: stopped while waiting to retry; run the same command again to resume", waiting.name);
+                        return Ok(EXIT_USAGE);
+                    }
+                }
+                record = waiting;
+            }
+        }
+    }
+}
+
+async fn stop_on_signal(stop: Arc<AtomicBool>) {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    stop.store(true, Ordering::SeqCst);
+}
+
+async fn wait_for_stop(stop: &AtomicBool) {
+    while !stop.load(Ordering::SeqCst) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 fn print_receipt(receipt: &Receipt, json: bool) -> anyhow::Result<()> {

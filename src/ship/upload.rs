@@ -4,6 +4,7 @@
 use super::session::Connection;
 use super::ShipError;
 use crate::config::SftpConfig;
+use crate::failpoint;
 use crate::validate::BatchFile;
 use sha2::{Digest, Sha256};
 use ssh2::{OpenFlags, OpenType};
@@ -52,6 +53,7 @@ pub fn ship(
 ) -> Result<Shipment, ShipError> {
     let main = Connection::open(cfg)?;
     let folder = remote_join(&cfg.remote_dir, uuid);
+    failpoint::hit("before_mkdir");
     let present = remote_files(&main, &folder)?;
     if present.contains_key(DONE_FILE) {
         let files_sha256 = hash_local(root, files)?;
@@ -66,7 +68,9 @@ pub fn ship(
     if stop.load(Ordering::SeqCst) {
         return Err(ShipError::Interrupted);
     }
+    failpoint::hit("before_done");
     write_done(&main, &folder)?;
+    failpoint::hit("after_done");
     Ok(Shipment { remote_dir: folder, files_sha256, uploaded: todo.len(), already_submitted: false })
 }
 
@@ -153,6 +157,7 @@ fn upload_all(
             let Some(file) = todo.get(next.fetch_add(1, Ordering::SeqCst)) else { return Ok(()) };
             let sha = upload_file(conn, root, folder, file, &mut buffer, progress).inspect_err(|_| failed.store(true, Ordering::SeqCst))?;
             hashes.lock().unwrap_or_else(|p| p.into_inner()).insert(file.path.clone(), sha);
+            failpoint::hit_counted("after_file");
         }
     };
     let results: Vec<Result<(), ShipError>> = std::thread::scope(|scope| {
@@ -242,24 +247,8 @@ fn io_to_ship(conn: &Connection, e: std::io::Error, what: &str, path: &str) -> S
     }
 }
 
-/// sha256 of files that are already on the server (a resumed shipment), read locally.
-pub fn hash_local(root: &Path, files: &[BatchFile]) -> Result<BTreeMap<String, String>, ShipError> {
-    let mut hashes = BTreeMap::new();
-    let mut buffer = vec![0u8; WRITE_CHUNK_BYTES];
-    for file in files {
-        let path = root.join(&file.path);
-        let mut local = File::open(&path).map_err(|source| ShipError::LocalRead { path: path.clone(), source })?;
-        let mut hasher = Sha256::new();
-        loop {
-            let n = read_full(&mut local, &mut buffer).map_err(|source| ShipError::LocalRead { path: path.clone(), source })?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buffer[..n]);
-        }
-        hashes.insert(file.path.clone(), hex::encode(hasher.finalize()));
-    }
-    Ok(hashes)
+fn hash_local(root: &Path, files: &[BatchFile]) -> Result<BTreeMap<String, String>, ShipError> {
+    crate::fingerprint::hash_files(root, files).map_err(|source| ShipError::LocalRead { path: root.to_path_buf(), source })
 }
 
 /// The one place DONE is written: after every file's size was checked. EXCLUSIVE, so a DONE

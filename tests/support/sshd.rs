@@ -156,6 +156,28 @@ impl TestServer {
         }
     }
 
+    /// A whole config file for this server: `[sftp]`, a state database in the temp dir, and
+    /// quick retries.
+    pub fn config_toml(&self) -> String {
+        format!(
+            "{}\n[state]\ndatabase = \"{}\"\n\n[retry]\ninitial_delay_secs = 1\nmax_delay_secs = 2\nmax_attempts = 3\n",
+            self.sftp_toml(),
+            self.dir.path().join("state.db").display()
+        )
+    }
+
+    /// Writes `config_toml()` (with `replace` applied: pairs of from, to) and returns its path.
+    pub fn write_config_file(&self, replace: &[(&str, &str)]) -> PathBuf {
+        let mut text = self.config_toml();
+        for (from, to) in replace {
+            assert!(text.contains(from), "{from} not in config");
+            text = text.replace(from, to);
+        }
+        let path = self.dir.path().join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
     /// The `[sftp]` section for a config file.
     pub fn sftp_toml(&self) -> String {
         let c = self.sftp_config();

@@ -1,0 +1,106 @@
+//! The batch lifecycle: one enum, persisted as TEXT, and the transitions it allows.
+//!
+//! ```text
+//! discovered ─► validated ─► uploading ─► submitted
+//!     │             │          │   ▲
+//!     ▼             ▼          ▼   │
+//!  rejected ◄───────┘      retry_wait
+//!                              │
+//!  failed ◄────────────────────┘ (and uploading ─► failed on a permanent error)
+//!  failed ─► validated (retry)
+//! ```
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, sqlx::Type)]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Discovered,
+    Validated,
+    Rejected,
+    Uploading,
+    RetryWait,
+    Submitted,
+    Failed,
+}
+
+impl State {
+    pub const ALL: [State; 7] =
+        [State::Discovered, State::Validated, State::Rejected, State::Uploading, State::RetryWait, State::Submitted, State::Failed];
+
+    /// The only allowed moves; anything else is a bug.
+    pub fn can_become(self, next: State) -> bool {
+        use State::*;
+        matches!(
+            (self, next),
+            (Discovered, Validated)
+                | (Discovered, Rejected)
+                | (Validated, Uploading)
+                | (Validated, Rejected)
+                | (Uploading, Submitted)
+                | (Uploading, RetryWait)
+                | (Uploading, Failed)
+                | (RetryWait, Uploading)
+                | (RetryWait, Failed)
+                | (Failed, Validated)
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Discovered => "discovered",
+            State::Validated => "validated",
+            State::Rejected => "rejected",
+            State::Uploading => "uploading",
+            State::RetryWait => "retry_wait",
+            State::Submitted => "submitted",
+            State::Failed => "failed",
+        }
+    }
+
+    /// A batch in these states has (or is about to have) a folder on the server.
+    pub fn is_in_flight(self) -> bool {
+        matches!(self, State::Uploading | State::RetryWait)
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::State::{self, *};
+
+    #[test]
+    fn only_the_documented_transitions_are_allowed() {
+        let allowed = [
+            (Discovered, Validated),
+            (Discovered, Rejected),
+            (Validated, Uploading),
+            (Validated, Rejected),
+            (Uploading, Submitted),
+            (Uploading, RetryWait),
+            (Uploading, Failed),
+            (RetryWait, Uploading),
+            (RetryWait, Failed),
+            (Failed, Validated),
+        ];
+        for from in State::ALL {
+            for to in State::ALL {
+                assert_eq!(from.can_become(to), allowed.contains(&(from, to)), "{from} -> {to}");
+            }
+        }
+    }
+
+    #[test]
+    fn submitted_and_rejected_are_final() {
+        for to in State::ALL {
+            assert!(!Submitted.can_become(to));
+            assert!(!Rejected.can_become(to));
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! Named instants where tests stop the process to kill it there (crash tests). Off unless
+//! `JUMIO_BATCHD_FAILPOINT` names the point (`before_done`, or `after_file:3` for the 3rd file);
+//! then the process says so on stderr and waits to be killed.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+pub const ENV: &str = "JUMIO_BATCHD_FAILPOINT";
+
+fn configured() -> Option<&'static str> {
+    static POINT: OnceLock<Option<String>> = OnceLock::new();
+    POINT.get_or_init(|| std::env::var(ENV).ok().filter(|v| !v.is_empty())).as_deref()
+}
+
+/// Pauses forever if `name` is the configured point.
+pub fn hit(name: &str) {
+    if configured() == Some(name) {
+        pause(name);
+    }
+}
+
+/// Counts hits of `name`; pauses forever at the configured count (`name:N`).
+pub fn hit_counted(name: &str) {
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    let Some((point, n)) = configured().and_then(|c| c.split_once(':')) else { return };
+    if point == name && n.parse::<usize>().ok() == Some(COUNT.fetch_add(1, Ordering::SeqCst) + 1) {
+        pause(configured().unwrap_or(name));
+    }
+}
+
+fn pause(name: &str) -> ! {
+    eprintln!("failpoint {name} reached: waiting to be killed");
+    loop {
+        std::thread::park();
+    }
+}

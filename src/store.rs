@@ -1,0 +1,327 @@
+//! The durable record: batches, their files and the audit trail, in SQLite through sqlx.
+//! **Invariant:** the only module with SQL. A state changes only through `transition`, which
+//! checks the move is allowed, applies it only if the batch is still in the expected state,
+//! appends an event and logs one line, all in one transaction.
+
+use crate::batch::State;
+use crate::validate::BatchFile;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{FromRow, SqlitePool};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "cannot open the state database {path}: {source}; check [state] database and that its folder exists and is writable by this user"
+    )]
+    Open { path: String, source: sqlx::Error },
+    #[error("cannot migrate the state database {path}: {source}")]
+    Migrate { path: String, source: sqlx::migrate::MigrateError },
+    #[error("state database: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("bug: batch {id} may not go from {from} to {to}")]
+    IllegalTransition { id: i64, from: State, to: State },
+}
+
+#[derive(Debug, Clone, FromRow, Serialize)]
+pub struct BatchRecord {
+    pub id: i64,
+    pub name: String,
+    pub source_path: String,
+    pub content_key: String,
+    pub fingerprint: Option<String>,
+    pub state: State,
+    pub remote_uuid: Option<String>,
+    pub remote_dir: Option<String>,
+    pub rows: i64,
+    pub files: i64,
+    pub bytes: i64,
+    pub bytes_sent: i64,
+    pub attempts: i64,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub submitted_at: Option<DateTime<Utc>>,
+    pub upload_started_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, FromRow, Serialize)]
+pub struct Event {
+    pub at: DateTime<Utc>,
+    pub from_state: Option<State>,
+    pub to_state: State,
+    pub attempt: i64,
+    pub detail: Option<String>,
+}
+
+/// A batch seen for the first time.
+pub struct NewBatch<'a> {
+    pub name: &'a str,
+    pub source_path: &'a str,
+    pub content_key: &'a str,
+    pub rows: usize,
+    pub files: usize,
+    pub bytes: u64,
+    pub file_list: &'a [BatchFile],
+}
+
+/// What a transition changes besides the state. `None` leaves a field as it is, except
+/// `last_error` and `next_attempt_at`, which every transition sets (clearing them by default).
+#[derive(Debug, Default, Clone)]
+pub struct Change {
+    pub remote_uuid: Option<String>,
+    pub remote_dir: Option<String>,
+    pub fingerprint: Option<String>,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// This transition starts an upload attempt.
+    pub count_attempt: bool,
+    /// Apply only if no other batch with the same content is uploading or waiting to retry
+    /// (checked in the same statement, so two identical batches cannot both start).
+    pub only_if_content_idle: bool,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if missing) and migrates the database: WAL, synchronous=FULL, so a
+    /// committed transition survives power loss (a lost commit could mean a duplicate).
+    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        let shown = path.display().to_string();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Open { path: shown.clone(), source })?;
+        MIGRATOR.run(&pool).await.map_err(|source| StoreError::Migrate { path: shown, source })?;
+        Ok(Store { pool })
+    }
+
+    /// Opens an existing database for reading only (safe while the daemon runs).
+    pub async fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        let options = SqliteConnectOptions::new().filename(path).read_only(true).busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        Ok(Store { pool })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub async fn insert(&self, new: &NewBatch<'_>) -> Result<BatchRecord, StoreError> {
+        let now = Utc::now();
+        let mut tx = self.pool.begin().await?;
+        let record: BatchRecord = sqlx::query_as(
+            "INSERT INTO batches (name, source_path, content_key, state, rows, files, bytes, created_at, updated_at)
+             VALUES (?, ?, ?, 'discovered', ?, ?, ?, ?, ?) RETURNING *",
+        )
+        .bind(new.name)
+        .bind(new.source_path)
+        .bind(new.content_key)
+        .bind(new.rows as i64)
+        .bind(new.files as i64)
+        .bind(new.bytes as i64)
+        .bind(now)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        for file in new.file_list {
+            sqlx::query("INSERT INTO files (batch_id, path, size) VALUES (?, ?, ?)")
+                .bind(record.id)
+                .bind(&file.path)
+                .bind(file.size as i64)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("INSERT INTO events (batch_id, at, from_state, to_state, attempt) VALUES (?, ?, NULL, 'discovered', 0)")
+            .bind(record.id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        log_transition(&record, None);
+        Ok(record)
+    }
+
+    /// Moves batch `id` from `from` to `to` if it is still in `from`; returns the updated
+    /// record, or `None` when another actor moved it first.
+    pub async fn transition(&self, id: i64, from: State, to: State, change: Change) -> Result<Option<BatchRecord>, StoreError> {
+        if !from.can_become(to) {
+            return Err(StoreError::IllegalTransition { id, from, to });
+        }
+        let now = Utc::now();
+        let mut tx = self.pool.begin().await?;
+        let record: Option<BatchRecord> = sqlx::query_as(
+            "UPDATE batches SET
+                state = ?1, updated_at = ?2,
+                remote_uuid = COALESCE(remote_uuid, ?3),
+                remote_dir = COALESCE(?4, remote_dir),
+                fingerprint = COALESCE(?5, fingerprint),
+                last_error = ?6,
+                next_attempt_at = ?7,
+                attempts = attempts + ?8,
+                submitted_at = CASE WHEN ?1 = 'submitted' THEN ?2 ELSE submitted_at END,
+                upload_started_at = CASE WHEN ?1 = 'uploading' THEN ?2 ELSE upload_started_at END
+             WHERE id = ?9 AND state = ?10
+               AND (?11 = 0 OR NOT EXISTS (SELECT 1 FROM batches o WHERE o.content_key = batches.content_key
+                                           AND o.id != batches.id AND o.state IN ('uploading', 'retry_wait')))
+             RETURNING *",
+        )
+        .bind(to)
+        .bind(now)
+        .bind(&change.remote_uuid)
+        .bind(&change.remote_dir)
+        .bind(&change.fingerprint)
+        .bind(&change.last_error)
+        .bind(change.next_attempt_at)
+        .bind(i64::from(change.count_attempt))
+        .bind(id)
+        .bind(from)
+        .bind(i64::from(change.only_if_content_idle))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(record) = record else { return Ok(None) };
+        sqlx::query("INSERT INTO events (batch_id, at, from_state, to_state, attempt, detail) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(id)
+            .bind(now)
+            .bind(from)
+            .bind(to)
+            .bind(record.attempts)
+            .bind(&change.last_error)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        log_transition(&record, Some(from));
+        Ok(Some(record))
+    }
+
+    pub async fn get(&self, id: i64) -> Result<Option<BatchRecord>, StoreError> {
+        Ok(sqlx::query_as("SELECT * FROM batches WHERE id = ?").bind(id).fetch_optional(&self.pool).await?)
+    }
+
+    /// The newest batch with this name (or this id, when `key` is a number).
+    pub async fn find(&self, key: &str) -> Result<Option<BatchRecord>, StoreError> {
+        let id = key.parse::<i64>().unwrap_or(-1);
+        Ok(sqlx::query_as("SELECT * FROM batches WHERE id = ? OR name = ? ORDER BY id DESC LIMIT 1")
+            .bind(id)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// An unfinished batch from this folder with this content: a crashed or interrupted run.
+    pub async fn find_unfinished(&self, source_path: &str, content_key: &str) -> Result<Option<BatchRecord>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM batches WHERE source_path = ? AND content_key = ?
+               AND state IN ('discovered', 'validated', 'uploading', 'retry_wait') ORDER BY id DESC LIMIT 1",
+        )
+        .bind(source_path)
+        .bind(content_key)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Other batches with the same content that are submitted or on their way.
+    pub async fn same_content(&self, content_key: &str, except_id: i64) -> Result<Vec<BatchRecord>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM batches WHERE content_key = ? AND id != ?
+               AND state IN ('uploading', 'retry_wait', 'submitted') ORDER BY id",
+        )
+        .bind(content_key)
+        .bind(except_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Batches in `state`, oldest first.
+    pub async fn in_state(&self, state: State) -> Result<Vec<BatchRecord>, StoreError> {
+        Ok(sqlx::query_as("SELECT * FROM batches WHERE state = ? ORDER BY id").bind(state).fetch_all(&self.pool).await?)
+    }
+
+    /// The most recently changed batches.
+    pub async fn recent(&self, limit: i64) -> Result<Vec<BatchRecord>, StoreError> {
+        Ok(sqlx::query_as("SELECT * FROM batches ORDER BY updated_at DESC, id DESC LIMIT ?").bind(limit).fetch_all(&self.pool).await?)
+    }
+
+    pub async fn counts(&self) -> Result<BTreeMap<String, i64>, StoreError> {
+        let rows: Vec<(State, i64)> = sqlx::query_as("SELECT state, COUNT(*) FROM batches GROUP BY state").fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(|(s, n)| (s.to_string(), n)).collect())
+    }
+
+    pub async fn events(&self, id: i64) -> Result<Vec<Event>, StoreError> {
+        Ok(sqlx::query_as("SELECT at, from_state, to_state, attempt, detail FROM events WHERE batch_id = ? ORDER BY id")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Progress of an upload, for `status`.
+    pub async fn set_bytes_sent(&self, id: i64, bytes_sent: u64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE batches SET bytes_sent = ? WHERE id = ?").bind(bytes_sent as i64).bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Marks files as on the server, with the sha256 of what was sent.
+    pub async fn record_shipped(&self, id: i64, hashes: &BTreeMap<String, String>) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (path, sha) in hashes {
+            sqlx::query("UPDATE files SET sha256 = ?, shipped = 1 WHERE batch_id = ? AND path = ?")
+                .bind(sha)
+                .bind(id)
+                .bind(path)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// (path, size, sha256, shipped) of a batch's files.
+    pub async fn files(&self, id: i64) -> Result<Vec<(String, i64, Option<String>, bool)>, StoreError> {
+        Ok(sqlx::query_as("SELECT path, size, sha256, shipped FROM files WHERE batch_id = ? ORDER BY path")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+}
+
+/// One INFO line per transition: names, numbers and states only, never personal data.
+fn log_transition(record: &BatchRecord, from: Option<State>) {
+    tracing::info!(
+        batch = %record.name,
+        id = record.id,
+        from = from.map(State::as_str).unwrap_or("-"),
+        state = %record.state,
+        remote_uuid = record.remote_uuid.as_deref().unwrap_or("-"),
+        attempt = record.attempts,
+        error = record.last_error.as_deref().unwrap_or(""),
+        "batch {} {}",
+        record.name,
+        record.state
+    );
+}
