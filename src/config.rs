@@ -17,6 +17,68 @@ pub struct Config {
     pub state: StateConfig,
     #[serde(default)]
     pub retry: RetryConfig,
+    /// The drop folders. Required only by `run` and `check`.
+    pub paths: Option<PathsConfig>,
+    #[serde(default)]
+    pub watch: WatchConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathsConfig {
+    pub inbox: PathBuf,
+    pub work: PathBuf,
+    pub done: PathBuf,
+    pub rejected: PathBuf,
+    pub failed: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Readiness {
+    /// Ready when the batch folder holds the marker file.
+    Marker,
+    /// Ready when nothing in the folder changed for `settle_secs`.
+    Settle,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchConfig {
+    pub ready: Readiness,
+    pub marker: String,
+    pub settle_secs: u64,
+    pub poll_secs: u64,
+    pub max_parallel_batches: usize,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig { ready: Readiness::Marker, marker: DEFAULT_MARKER.to_owned(), settle_secs: 30, poll_secs: 10, max_parallel_batches: 2 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `debug`, `jumio_batchd=debug`); RUST_LOG wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Text, level: "info".to_owned() }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -109,6 +171,8 @@ pub enum ConfigError {
     NoSftp { path: PathBuf },
     #[error("config file {}: {message}", path.display())]
     Invalid { path: PathBuf, message: String },
+    #[error("config file {} has no [paths] section; this command needs inbox, work, done, rejected and failed (see config.example.toml)", path.display())]
+    NoPaths { path: PathBuf },
 }
 
 /// A loaded config and the file it came from (for error messages).
@@ -148,6 +212,12 @@ impl Config {
         if self.retry.initial_delay_secs > self.retry.max_delay_secs {
             return invalid("retry.initial_delay_secs must not exceed retry.max_delay_secs");
         }
+        if self.watch.marker.is_empty() || self.watch.marker.contains('/') {
+            return invalid("watch.marker must be a plain file name such as DONE");
+        }
+        if self.watch.poll_secs == 0 || self.watch.max_parallel_batches == 0 {
+            return invalid("watch.poll_secs and watch.max_parallel_batches must be at least 1");
+        }
         if let Some(sftp) = &self.sftp {
             if sftp.connections == 0 || sftp.connections > 64 {
                 return invalid("sftp.connections must be between 1 and 64");
@@ -165,8 +235,13 @@ impl Loaded {
         self.config.sftp.as_ref().ok_or_else(|| ConfigError::NoSftp { path: self.path.clone() })
     }
 
+    pub fn paths(&self) -> Result<&PathsConfig, ConfigError> {
+        self.config.paths.as_ref().ok_or_else(|| ConfigError::NoPaths { path: self.path.clone() })
+    }
+
+    /// The ready-marker file name, never shipped nor reported as unreferenced.
     pub fn marker(&self) -> Option<&str> {
-        Some(DEFAULT_MARKER)
+        Some(&self.config.watch.marker)
     }
 }
 
@@ -181,6 +256,11 @@ mod tests {
         let sftp = loaded.sftp().unwrap();
         assert_eq!(sftp.port, 22);
         assert_eq!(sftp.connections, 4);
+        assert_eq!(loaded.paths().unwrap().inbox, PathBuf::from("/srv/jumio/inbox"));
+        assert_eq!(loaded.config.watch.ready, Readiness::Marker);
+        let defaults = Config::default();
+        assert_eq!(loaded.config.watch.settle_secs, WatchConfig::default().settle_secs);
+        assert_eq!(loaded.config.state.database, defaults.state.database);
     }
 
     #[test]

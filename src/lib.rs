@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod deliver;
 pub mod failpoint;
 pub mod fingerprint;

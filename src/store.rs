@@ -246,6 +246,14 @@ impl Store {
         .await?)
     }
 
+    /// The newest batch recorded for this folder.
+    pub async fn latest_for_source(&self, source_path: &str) -> Result<Option<BatchRecord>, StoreError> {
+        Ok(sqlx::query_as("SELECT * FROM batches WHERE source_path = ? ORDER BY id DESC LIMIT 1")
+            .bind(source_path)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
     /// Other batches with the same content that are submitted or on their way.
     pub async fn same_content(&self, content_key: &str, except_id: i64) -> Result<Vec<BatchRecord>, StoreError> {
         Ok(sqlx::query_as(

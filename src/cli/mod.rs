@@ -1,5 +1,6 @@
 //! The command line: clap definitions and one file per subcommand's output.
 
+mod run;
 mod send;
 mod validate;
 
@@ -56,6 +57,15 @@ pub enum Command {
         #[arg(long)]
         allow_duplicate: bool,
     },
+    /// Run the service: watch the inbox, ship ready batches, file the outcomes. Stops on SIGTERM.
+    #[command(
+        after_help = "Examples:\n  jumio-batchd --config /etc/jumio-batchd/config.toml run\n  jumio-batchd --config ./config.toml run --once    # for cron and tests\n\nDrop a batch folder into [paths] inbox and write the marker file (DONE) last. Shipped batches\nmove to done/ with RECEIPT.json, invalid ones to rejected/ with REJECTED.txt, given-up ones to\nfailed/ with FAILED.txt."
+    )]
+    Run {
+        /// Handle every batch ready now (waiting for those in flight), then exit.
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
@@ -65,6 +75,7 @@ fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> 
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Validate { dir, json } => validate::run(cli.config.as_deref(), &dir, json),
+        Command::Run { once } => block_on(run::run(cli.config.as_deref(), once)),
         Command::Send { dir, json, allow_duplicate } => block_on(send::run(cli.config.as_deref(), &dir, json, allow_duplicate)),
     };
     match result {

@@ -38,9 +38,14 @@ impl Batch {
     }
 
     pub fn with_rows(self, rows: usize) -> Batch {
+        self.with_tagged_rows(rows, "ref")
+    }
+
+    /// Rows whose customerInternalReference starts with `tag`: batches with other tags differ.
+    pub fn with_tagged_rows(self, rows: usize, tag: &str) -> Batch {
         let mut csv = format!("{HEADER}\n");
         for i in 1..=rows {
-            csv.push_str(&row(i));
+            csv.push_str(&row(i).replacen("ref-", &format!("{tag}-"), 1));
             csv.push('\n');
             self.png(&format!("img/{i}.front.png"), 64 + i as u32 % 7, 40);
             self.jpeg(&format!("img/{i}.back.jpg"), 48, 32 + i as u16 % 5);

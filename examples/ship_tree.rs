@@ -1,0 +1,33 @@
+//! Benchmark helper: ships every file under DIR with the same engine `send` uses, skipping
+//! validation (the "large" profile's 25 MB files exceed Jumio's 15 MB image limit).
+//! usage: ship_tree CONFIG DIR
+
+use jumio_batchd::config::Config;
+use jumio_batchd::ship::{ship, Progress};
+use jumio_batchd::validate::BatchFile;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, config, dir] = args.as_slice() else { anyhow::bail!("usage: ship_tree CONFIG DIR") };
+    let loaded = Config::load(Path::new(config))?;
+    let root = Path::new(dir);
+    let mut files = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)?.flatten() {
+            if e.file_type()?.is_dir() {
+                stack.push(e.path());
+            } else {
+                let path = e.path().strip_prefix(root)?.to_string_lossy().into_owned();
+                files.push(BatchFile { path, size: e.metadata()?.len() });
+            }
+        }
+    }
+    let started = std::time::Instant::now();
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let shipment = ship(loaded.sftp()?, root, &files, &uuid, &Progress::default(), &AtomicBool::new(false))?;
+    println!("{} {} files {:.3} s", shipment.remote_dir, files.len(), started.elapsed().as_secs_f64());
+    Ok(())
+}

@@ -1,0 +1,121 @@
+"""Benchmarks for scripts/bench. Each peer is measured in the same run; medians of 3; ratios."""
+import os, shutil, statistics, subprocess, sys, tempfile, time
+
+BIN = os.environ["BIN"]
+SHIP_TREE = os.environ["SHIP_TREE"]
+SERVER = os.environ["SERVER_DIR"]
+CLIENT_PREFIX = os.environ.get("CLIENT_PREFIX", "").split()
+HOST = os.environ.get("BENCH_HOST", "127.0.0.1")
+PORT = os.environ["SSHD_PORT"]
+RUNS = int(os.environ.get("RUNS", "3"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORK = tempfile.mkdtemp(prefix="jumio-bench-")
+
+
+def run(cmd, **kw):
+    """Runs cmd; returns (seconds, peak RSS in MB of the process tree's largest child)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    err = proc.stderr.read().decode(errors="replace")
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"benchmark command failed: {' '.join(cmd)}\n{err}")
+    return elapsed, usage.ru_maxrss / 1024
+
+
+def clear_home():
+    home = os.path.join(SERVER, "home")
+    for entry in os.listdir(home):
+        shutil.rmtree(os.path.join(home, entry))
+
+
+def median_of(fn):
+    times, rss = [], []
+    for _ in range(RUNS):
+        clear_home()
+        t, r = fn()
+        times.append(t)
+        rss.append(r)
+    return statistics.median(times), max(rss)
+
+
+def make_profile(name, rows, image_bytes):
+    path = os.path.join(WORK, name)
+    subprocess.run([sys.executable, os.path.join(HERE, "make_batch.py"), path, str(rows), str(image_bytes)], check=True)
+    return path
+
+
+def make_large():
+    path = os.path.join(WORK, "large")
+    os.makedirs(path)
+    for i in range(40):
+        with open(os.path.join(path, f"doc{i:02}.bin"), "wb") as f:
+            f.write(os.urandom(25 * 1000 * 1000))
+    return path
+
+
+def sftp_put(batch):
+    script = os.path.join(WORK, "sftp-batch")
+    done = os.path.join(WORK, "DONE")
+    open(done, "w").close()
+    folder = f"bench-{time.time_ns()}"
+    with open(script, "w") as f:
+        f.write(f"put -r {batch} {folder}\nput {done} {folder}/DONE\n")
+    cmd = CLIENT_PREFIX + ["sftp", "-q", "-b", script, "-i", f"{SERVER}/client_key", "-o", f"UserKnownHostsFile={SERVER}/known_hosts",
+                           "-o", "StrictHostKeyChecking=yes", "-P", PORT, f"{os.environ['USER_NAME']}@{HOST}"]
+    return run(cmd)
+
+
+def jumio_send(batch):
+    return run(CLIENT_PREFIX + [BIN, "--config", f"{SERVER}/config.toml", "send", "--allow-duplicate", batch])
+
+
+def jumio_ship_tree(batch):
+    return run(CLIENT_PREFIX + [SHIP_TREE, f"{SERVER}/config.toml", batch])
+
+
+def bench_validate():
+    batch = make_profile("validate-10k", 10000, 0)
+    times = []
+    for _ in range(RUNS):
+        t, _ = run([BIN, "validate", batch])
+        times.append(t)
+    ours = statistics.median(times)
+    # Peer: the least any validator must do: read the CSV and stat every image it names.
+    peer = []
+    for _ in range(RUNS):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import csv,os,sys\nr=csv.DictReader(open(sys.argv[1]+'/input.csv'))\n"
+                        "[os.stat(os.path.join(sys.argv[1],row[c])) for row in r for c in ('frontImage','backImage','faceImage')]", batch], check=True)
+        peer.append(time.perf_counter() - start)
+    print(f"validate 10,000 rows / 30,000 images: {ours:.3f} s (target < 1 s); "
+          f"python csv+stat only: {statistics.median(peer):.3f} s")
+    shutil.rmtree(batch)
+
+
+def bench_ship():
+    profiles = [
+        ("large 40 x 25 MB", make_large(), jumio_ship_tree, 1000e6, 0.95 if not CLIENT_PREFIX else 1.0),
+        ("realistic 500 rows x 3 x 400 KB", make_profile("realistic", 500, 400_000), jumio_send, None, 1.3 if not CLIENT_PREFIX else 3.0),
+        ("small 1,000 rows x 3 x 8 KB", make_profile("small", 1000, 8_000), jumio_send, None, 3.0),
+    ]
+    print(f"{'profile':34} {'jumio-batchd':>13} {'sftp -b':>9} {'speed ratio':>12} {'target':>7} {'peak RSS':>9}")
+    for name, batch, ours_fn, _, target in profiles:
+        ours, rss = median_of(lambda: ours_fn(batch))
+        theirs, _ = median_of(lambda: sftp_put(batch))
+        ratio = theirs / ours
+        verdict = "ok" if ratio >= target else "MISSED"
+        print(f"{name:34} {ours:12.2f}s {theirs:8.2f}s {ratio:11.2f}x {target:6.2f}x {rss:7.1f}MB  {verdict}", flush=True)
+        shutil.rmtree(batch)
+
+
+if __name__ == "__main__":
+    try:
+        what = sys.argv[1:] or ["validate", "ship"]
+        if "validate" in what:
+            bench_validate()
+        if "ship" in what:
+            bench_ship()
+    finally:
+        shutil.rmtree(WORK, ignore_errors=True)

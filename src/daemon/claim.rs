@@ -1,0 +1,64 @@
+//! Moving batch folders between the drop folders: atomic renames that never overwrite.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Renames `src` to `dest_dir/name`, or `name-2`, `name-3`, ... if taken. Never overwrites.
+pub fn move_unique(src: &Path, dest_dir: &Path, name: &str) -> std::io::Result<PathBuf> {
+    for n in 1..10_000 {
+        let candidate = if n == 1 { dest_dir.join(name) } else { dest_dir.join(format!("{name}-{n}")) };
+        match rename_no_replace(src, &candidate) {
+            Ok(()) => return Ok(candidate),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other(format!("no free name for {name} in {}", dest_dir.display())))
+}
+
+/// rename(2) that fails with AlreadyExists instead of replacing (renameat2 RENAME_NOREPLACE;
+/// where the filesystem lacks it, a check right before a plain rename).
+fn rename_no_replace(src: &Path, dest: &Path) -> std::io::Result<()> {
+    let c_src = CString::new(src.as_os_str().as_bytes())?;
+    let c_dest = CString::new(dest.as_os_str().as_bytes())?;
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, c_src.as_ptr(), libc::AT_FDCWD, c_dest.as_ptr(), libc::RENAME_NOREPLACE) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EINVAL) | Some(libc::ENOSYS) => {
+            if std::fs::symlink_metadata(dest).is_ok() {
+                return Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists));
+            }
+            std::fs::rename(src, dest)
+        }
+        Some(libc::EEXIST) | Some(libc::ENOTEMPTY) => Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists)),
+        _ => Err(err),
+    }
+}
+
+/// Claiming is a rename, so the inbox and the work folder must share a filesystem.
+pub fn same_filesystem(a: &Path, b: &Path) -> std::io::Result<bool> {
+    Ok(std::fs::metadata(a)?.dev() == std::fs::metadata(b)?.dev())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_name_gets_a_suffix_and_nothing_is_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let (inbox, work) = (dir.path().join("inbox"), dir.path().join("work"));
+        std::fs::create_dir_all(work.join("b")).unwrap();
+        std::fs::create_dir_all(inbox.join("b")).unwrap();
+        std::fs::write(inbox.join("b/input.csv"), "new").unwrap();
+        let moved = move_unique(&inbox.join("b"), &work, "b").unwrap();
+        assert_eq!(moved, work.join("b-2"));
+        assert_eq!(std::fs::read_to_string(work.join("b-2/input.csv")).unwrap(), "new");
+        assert!(work.join("b").is_dir(), "the empty folder already there is kept");
+    }
+}

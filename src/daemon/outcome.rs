@@ -1,0 +1,134 @@
+//! Telling people in the drop folders what happened: a receipt in done/, a readable report in
+//! rejected/, the reason and the way back in failed/. Reports are written into the batch folder
+//! before it moves, so they arrive with it.
+
+use super::claim::move_unique;
+use crate::receipt::Receipt;
+use crate::store::BatchRecord;
+use crate::validate::{render_text, Report};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+pub const RECEIPT_FILE: &str = "RECEIPT.json";
+pub const REJECTED_FILE: &str = "REJECTED.txt";
+pub const ERRORS_FILE: &str = "errors.json";
+pub const FAILED_FILE: &str = "FAILED.txt";
+
+/// RECEIPT.json: the receipt of `send --json` with the batch's id and times.
+#[derive(Debug, Serialize)]
+struct StoredReceipt<'a> {
+    id: i64,
+    #[serde(flatten)]
+    receipt: &'a Receipt,
+    remote_uuid: Option<&'a str>,
+    first_seen_at: DateTime<Utc>,
+    upload_started_at: Option<DateTime<Utc>>,
+    submitted_at: Option<DateTime<Utc>>,
+    attempts: i64,
+}
+
+pub fn file_done(dir: &Path, done: &Path, record: &BatchRecord, receipt: &Receipt) -> std::io::Result<PathBuf> {
+    let stored = StoredReceipt {
+        id: record.id,
+        receipt,
+        remote_uuid: record.remote_uuid.as_deref(),
+        first_seen_at: record.created_at,
+        upload_started_at: record.upload_started_at,
+        submitted_at: record.submitted_at,
+        attempts: record.attempts,
+    };
+    write(dir, RECEIPT_FILE, &serde_json::to_string_pretty(&stored).map_err(std::io::Error::other)?)?;
+    move_unique(dir, done, &folder_name(dir))
+}
+
+/// An invalid batch: REJECTED.txt for a person, errors.json for a program.
+pub fn file_rejected(dir: &Path, rejected: &Path, report: &Report) -> std::io::Result<PathBuf> {
+    let mut text = format!(
+        "Batch \"{}\" was NOT sent to Jumio: it has {} problem(s) to fix. Nothing from it reached Jumio.\n\n",
+        report.batch,
+        report.errors.len()
+    );
+    text.push_str("Each line gives the row (row 1 is the first row after the header of input.csv), the column,\n");
+    text.push_str("a code in brackets and what to do.\n\n");
+    text.push_str(&render_text(report));
+    text.push_str(AGAIN);
+    write(dir, REJECTED_FILE, &text)?;
+    write(dir, ERRORS_FILE, &serde_json::to_string_pretty(report).map_err(std::io::Error::other)?)?;
+    move_unique(dir, rejected, &folder_name(dir))
+}
+
+const AGAIN: &str = "\nTo send it: fix the problems above in a copy of this folder, then drop the corrected folder\n\
+into the inbox again (with the ready marker written last). Warnings do not stop a batch.\n";
+
+/// A valid batch refused because the same content was already submitted (or is on its way).
+pub fn file_duplicate(dir: &Path, rejected: &Path, report: &Report, reason: &str) -> std::io::Result<PathBuf> {
+    let text = format!(
+        "Batch \"{}\" was NOT sent to Jumio: {reason}.\n\nThe same input.csv and images were already submitted; sending them again would create\n\
+         the same transactions twice, and each one is charged. If you really mean to submit it again, run\n\
+         jumio-batchd send --allow-duplicate <this folder>\n",
+        report.batch
+    );
+    write(dir, REJECTED_FILE, &text)?;
+    let mut report = report.clone();
+    report.valid = false;
+    report.errors.insert(0, crate::validate::Problem { row: None, column: None, code: "duplicate_batch", message: reason.to_owned() });
+    write(dir, ERRORS_FILE, &serde_json::to_string_pretty(&report).map_err(std::io::Error::other)?)?;
+    move_unique(dir, rejected, &folder_name(dir))
+}
+
+/// Gave up: what failed, how often it was tried, and how to try again.
+pub fn file_failed(dir: &Path, failed: &Path, record: &BatchRecord) -> std::io::Result<PathBuf> {
+    let text = format!(
+        "Batch \"{name}\" could NOT be delivered to Jumio (batch id {id}, {attempts} attempt(s)).\n\n\
+         Reason: {reason}\n\n\
+         Remote folder: {uuid} (without DONE, so Jumio has not started processing it).\n\n\
+         To try again once the cause is fixed:\n  jumio-batchd retry {name}\n\
+         This moves the batch back into the queue and resumes it into the same remote folder, so it is\n\
+         never submitted twice. Do not drop a copy into the inbox instead.\n",
+        name = record.name,
+        id = record.id,
+        attempts = record.attempts,
+        reason = record.last_error.as_deref().unwrap_or("unknown"),
+        uuid = record.remote_uuid.as_deref().unwrap_or("none created"),
+    );
+    write(dir, FAILED_FILE, &text)?;
+    move_unique(dir, failed, &folder_name(dir))
+}
+
+/// A loose file in the inbox root: batches are folders.
+pub fn file_loose(file: &Path, rejected: &Path) -> std::io::Result<PathBuf> {
+    let name = folder_name(file);
+    let holder = move_unique_dir(rejected, &name)?;
+    std::fs::rename(file, holder.join(&name))?;
+    let text = format!(
+        "\"{name}\" was dropped into the inbox as a single file, but a batch must be a folder holding\n\
+         input.csv and the images it names. Nothing was sent to Jumio.\n\n\
+         To send it: make a folder, put input.csv and the images in it, and drop the folder into the inbox\n\
+         (with the ready marker written last). If this is a zip archive, unpack it first.\n"
+    );
+    write(&holder, REJECTED_FILE, &text)?;
+    Ok(holder)
+}
+
+fn move_unique_dir(parent: &Path, name: &str) -> std::io::Result<PathBuf> {
+    for n in 1..10_000 {
+        let candidate = if n == 1 { parent.join(name) } else { parent.join(format!("{name}-{n}")) };
+        match std::fs::create_dir(&candidate) {
+            Ok(()) => return Ok(candidate),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("no free name"))
+}
+
+fn folder_name(dir: &Path) -> String {
+    dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "batch".into())
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(tmp, dir.join(name))
+}
