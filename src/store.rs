@@ -15,6 +15,8 @@ use std::time::Duration;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Rows per multi-row statement, well under SQLite's limit of bound parameters.
+const ROWS_PER_STATEMENT: usize = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -68,6 +68,7 @@ pub fn ship(
     if stop.load(Ordering::SeqCst) {
         return Err(ShipError::Interrupted);
     }
+    verify_sizes(&main, &folder, files)?;
     failpoint::hit("before_done");
     write_done(&main, &folder)?;
     failpoint::hit("after_done");
@@ -187,7 +188,7 @@ fn upload_all(
     Ok(hashes.into_inner().unwrap_or_else(|p| p.into_inner()))
 }
 
-/// Streams one file, hashing what it sends; checks the size the server reports afterwards.
+/// Streams one file, hashing what it sends. Its size on the server is checked before DONE.
 fn upload_file(
     conn: &Connection,
     root: &Path,
@@ -220,10 +221,6 @@ fn upload_file(
     if sent != file.size {
         return Err(ShipError::LocalChanged { path: local_path, reason: format!("{sent} bytes read, {} when validated", file.size) });
     }
-    let remote_size = conn.sftp.stat(Path::new(&remote)).map_err(|e| conn.error(e, "checking", &remote))?.size.unwrap_or(0);
-    if remote_size != file.size {
-        return Err(ShipError::SizeMismatch { path: remote, local: file.size, remote: remote_size });
-    }
     Ok(hex::encode(hasher.finalize()))
 }
 
@@ -251,7 +248,20 @@ fn hash_local(root: &Path, files: &[BatchFile]) -> Result<BTreeMap<String, Strin
     crate::fingerprint::hash_files(root, files).map_err(|source| ShipError::LocalRead { path: root.to_path_buf(), source })
 }
 
-/// The one place DONE is written: after every file's size was checked. EXCLUSIVE, so a DONE
+/// Lists the folder once and checks every file is there with its full size: one listing per
+/// folder instead of a round trip per file.
+fn verify_sizes(conn: &Connection, folder: &str, files: &[BatchFile]) -> Result<(), ShipError> {
+    let present = remote_files(conn, folder)?;
+    for file in files {
+        let remote = present.get(&file.path).copied().unwrap_or(0);
+        if remote != file.size {
+            return Err(ShipError::SizeMismatch { path: format!("{folder}/{}", file.path), local: file.size, remote });
+        }
+    }
+    Ok(())
+}
+
+/// The one place DONE is written: after `verify_sizes`. EXCLUSIVE, so a DONE
 /// that is somehow already there is never written twice.
 fn write_done(conn: &Connection, folder: &str) -> Result<(), ShipError> {
     let path = format!("{folder}/{DONE_FILE}");
