@@ -152,13 +152,12 @@ impl Store {
         .bind(now)
         .fetch_one(&mut *tx)
         .await?;
-        for file in new.file_list {
-            sqlx::query("INSERT INTO files (batch_id, path, size) VALUES (?, ?, ?)")
-                .bind(record.id)
-                .bind(&file.path)
-                .bind(file.size as i64)
-                .execute(&mut *tx)
-                .await?;
+        for chunk in new.file_list.chunks(ROWS_PER_STATEMENT) {
+            let mut insert = sqlx::QueryBuilder::new("INSERT INTO files (batch_id, path, size) ");
+            insert.push_values(chunk, |mut row, file| {
+                row.push_bind(record.id).push_bind(&file.path).push_bind(file.size as i64);
+            });
+            insert.build().execute(&mut *tx).await?;
         }
         sqlx::query("INSERT INTO events (batch_id, at, from_state, to_state, attempt) VALUES (?, ?, NULL, 'discovered', 0)")
             .bind(record.id)
@@ -298,14 +297,16 @@ impl Store {
 
     /// Marks files as on the server, with the sha256 of what was sent.
     pub async fn record_shipped(&self, id: i64, hashes: &BTreeMap<String, String>) -> Result<(), StoreError> {
+        let hashes: Vec<(&String, &String)> = hashes.iter().collect();
         let mut tx = self.pool.begin().await?;
-        for (path, sha) in hashes {
-            sqlx::query("UPDATE files SET sha256 = ?, shipped = 1 WHERE batch_id = ? AND path = ?")
-                .bind(sha)
-                .bind(id)
-                .bind(path)
-                .execute(&mut *tx)
-                .await?;
+        for chunk in hashes.chunks(ROWS_PER_STATEMENT) {
+            // A multi-row upsert onto rows that exist: sets sha256 and shipped in one statement.
+            let mut upsert = sqlx::QueryBuilder::new("INSERT INTO files (batch_id, path, size, sha256, shipped) ");
+            upsert.push_values(chunk, |mut row, (path, sha)| {
+                row.push_bind(id).push_bind(*path).push_bind(0i64).push_bind(*sha).push_bind(1i64);
+            });
+            upsert.push(" ON CONFLICT (batch_id, path) DO UPDATE SET sha256 = excluded.sha256, shipped = 1");
+            upsert.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
