@@ -53,6 +53,8 @@ pub struct BatchRecord {
     pub updated_at: DateTime<Utc>,
     pub submitted_at: Option<DateTime<Utc>>,
     pub upload_started_at: Option<DateTime<Utc>>,
+    /// Where the daemon moved the folder once finished (done/, rejected/ or failed/).
+    pub filed_path: Option<String>,
 }
 
 #[derive(Debug, Clone, FromRow, Serialize)]
@@ -86,6 +88,8 @@ pub struct Change {
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// This transition starts an upload attempt.
     pub count_attempt: bool,
+    /// The batch folder moved (`retry` brings it back into work/).
+    pub source_path: Option<String>,
     /// Apply only if no other batch with the same content is uploading or waiting to retry
     /// (checked in the same statement, so two identical batches cannot both start).
     pub only_if_content_idle: bool,
@@ -182,6 +186,7 @@ impl Store {
                 state = ?1, updated_at = ?2,
                 remote_uuid = COALESCE(remote_uuid, ?3),
                 remote_dir = COALESCE(?4, remote_dir),
+                source_path = COALESCE(?12, source_path),
                 fingerprint = COALESCE(?5, fingerprint),
                 last_error = ?6,
                 next_attempt_at = ?7,
@@ -204,6 +209,7 @@ impl Store {
         .bind(id)
         .bind(from)
         .bind(i64::from(change.only_if_content_idle))
+        .bind(&change.source_path)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(record) = record else { return Ok(None) };
@@ -287,6 +293,12 @@ impl Store {
             .bind(id)
             .fetch_all(&self.pool)
             .await?)
+    }
+
+    /// Where a finished batch's folder now is.
+    pub async fn set_filed_path(&self, id: i64, path: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE batches SET filed_path = ? WHERE id = ?").bind(path).bind(id).execute(&self.pool).await?;
+        Ok(())
     }
 
     /// Progress of an upload, for `status`.

@@ -1,6 +1,9 @@
-//! Logs: tracing to stdout (the daemon, for journald) or stderr (commands whose stdout is
-//! data), as text or JSON, level from RUST_LOG or the config.
+//! Logs: tracing to journald with its structured fields when systemd connected our output to
+//! the journal, else to stdout (the daemon) or stderr (commands whose stdout is data), as text
+//! or JSON; level from RUST_LOG or the config.
 
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -9,15 +12,26 @@ pub enum Sink {
     Stderr,
 }
 
-/// Installs the global subscriber once; later calls are ignored (tests call it freely).
+/// Installs the global subscriber once; later calls are ignored.
 pub fn init(sink: Sink, json: bool, default_level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
-    let result = match (sink, json) {
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    // systemd sets JOURNAL_STREAM when stdout/stderr go to the journal.
+    if sink == Sink::Stdout && std::env::var_os("JOURNAL_STREAM").is_some() {
+        if let Ok(journald) = tracing_journald::layer() {
+            let _ = tracing_subscriber::registry().with(filter()).with(journald.with_syslog_identifier("jumio-batchd".into())).try_init();
+            return;
+        }
+    }
+    use std::io::IsTerminal;
+    let ansi = match sink {
+        Sink::Stdout => std::io::stdout().is_terminal(),
+        Sink::Stderr => std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter()).with_target(false).with_ansi(ansi);
+    let _ = match (sink, json) {
         (Sink::Stdout, false) => builder.with_writer(std::io::stdout).try_init(),
         (Sink::Stderr, false) => builder.with_writer(std::io::stderr).try_init(),
         (Sink::Stdout, true) => builder.json().flatten_event(true).with_writer(std::io::stdout).try_init(),
         (Sink::Stderr, true) => builder.json().flatten_event(true).with_writer(std::io::stderr).try_init(),
     };
-    let _ = result;
 }

@@ -12,6 +12,7 @@ ensure_deps() {
   command -v sftp >/dev/null || missing+=(openssh-client)
   command -v pkg-config >/dev/null || missing+=(pkg-config)
   pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
+  command -v systemd-analyze >/dev/null || missing+=(systemd)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}" >&2
     as_root apt-get update -qq

@@ -1,7 +1,10 @@
 //! The command line: clap definitions and one file per subcommand's output.
 
+mod check;
+mod retry;
 mod run;
 mod send;
+mod status;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -66,6 +69,28 @@ pub enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Show what the daemon has done: counts, uploads in flight, recent outcomes. Read-only.
+    #[command(
+        after_help = "Examples:\n  jumio-batchd status\n  jumio-batchd status batch-2026-11-23     # one batch and its history\n  jumio-batchd status --json | jq '.[] | select(.state == \"failed\")'"
+    )]
+    Status {
+        /// Print a JSON array of batches.
+        #[arg(long)]
+        json: bool,
+        /// One batch, by folder name or id.
+        batch: Option<String>,
+    },
+    /// Check the configuration, the folders, the key, the server's host key and write access.
+    #[command(
+        after_help = "Examples:\n  jumio-batchd --config /etc/jumio-batchd/config.toml check\n\nPrints one line per check: OK, or FAIL with the fix. Exit status 0 when all pass."
+    )]
+    Check,
+    /// Put a failed batch back into the queue (it resumes into the same remote folder).
+    #[command(after_help = "Examples:\n  jumio-batchd retry batch-2026-11-23\n  jumio-batchd retry 42")]
+    Retry {
+        /// The batch, by folder name or id (see `status`).
+        batch: String,
+    },
 }
 
 fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
@@ -75,6 +100,9 @@ fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> 
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Validate { dir, json } => validate::run(cli.config.as_deref(), &dir, json),
+        Command::Status { json, batch } => block_on(status::run(cli.config.as_deref(), json, batch.as_deref())),
+        Command::Check => block_on(check::run(cli.config.as_deref())),
+        Command::Retry { batch } => block_on(retry::run(cli.config.as_deref(), &batch)),
         Command::Run { once } => block_on(run::run(cli.config.as_deref(), once)),
         Command::Send { dir, json, allow_duplicate } => block_on(send::run(cli.config.as_deref(), &dir, json, allow_duplicate)),
     };

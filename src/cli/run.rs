@@ -9,21 +9,24 @@ use std::path::Path;
 pub async fn run(config: Option<&Path>, once: bool) -> anyhow::Result<u8> {
     let loaded = Config::load_or_default(config)?;
     telemetry::init(Sink::Stdout, loaded.config.log.format == LogFormat::Json, &loaded.config.log.level);
-    if let Err(e) = daemon::run(&loaded, shutdown_signal(), once).await {
+    let shutdown = shutdown_signal()?;
+    if let Err(e) = daemon::run(&loaded, shutdown, once).await {
         tracing::error!("cannot run: {e:#}");
         return Err(e);
     }
     Ok(EXIT_OK)
 }
 
-/// Resolves on SIGTERM (systemctl stop) or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+/// Resolves on SIGTERM (systemctl stop) or SIGINT (Ctrl-C). The handlers are installed here,
+/// before READY=1, so a stop request right after start is never lost.
+pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }

@@ -31,7 +31,12 @@ pub async fn run(config: Option<&Path>, dir: &Path, json: bool, allow_duplicate:
         return Ok(EXIT_INVALID);
     }
     let stop = Arc::new(AtomicBool::new(false));
-    tokio::spawn(stop_on_signal(stop.clone()));
+    let shutdown = super::run::shutdown_signal()?;
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        on_signal.store(true, Ordering::SeqCst);
+    });
     let shipper = Shipper { store: &store, sftp, retry: &loaded.config.retry, stop: stop.clone() };
     let mut record = record;
     loop {
@@ -76,15 +81,6 @@ pub async fn run(config: Option<&Path>, dir: &Path, json: bool, allow_duplicate:
             }
         }
     }
-}
-
-async fn stop_on_signal(stop: Arc<AtomicBool>) {
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    stop.store(true, Ordering::SeqCst);
 }
 
 async fn wait_for_stop(stop: &AtomicBool) {

@@ -5,6 +5,7 @@
 mod claim;
 mod inbox;
 mod outcome;
+mod systemd;
 mod watch;
 
 pub use claim::{move_unique, same_filesystem};
@@ -190,6 +191,20 @@ impl Daemon {
         });
     }
 
+    /// One line for `systemctl status`.
+    pub async fn status_line(&self) -> String {
+        let counts = self.ctx.store.counts().await.unwrap_or_default();
+        let n = |s: &str| counts.get(s).copied().unwrap_or(0);
+        format!(
+            "{} in flight, {} waiting to retry; {} submitted, {} rejected, {} failed in all",
+            self.running.len(),
+            n("retry_wait"),
+            n("submitted"),
+            n("rejected"),
+            n("failed")
+        )
+    }
+
     /// Waits for one batch task to end; `None` when none is running.
     pub async fn join_next(&mut self) -> Option<PathBuf> {
         let dir = self.tasks.join_next().await?.ok()?;
@@ -222,20 +237,33 @@ pub async fn run(loaded: &Loaded, shutdown: impl Future<Output = ()>, once: bool
     let paths = loaded.paths()?;
     let (mut watch, mut events) = watch::InboxWatch::new(&paths.inbox);
     let poll = Duration::from_secs(loaded.config.watch.poll_secs);
+    let heartbeat = systemd::Heartbeat::default();
+    heartbeat.beat();
+    // The loop wakes at least every poll interval; three missed wakes mean it is stuck.
+    tokio::spawn(systemd::watchdog(heartbeat.clone(), poll * 3 + Duration::from_secs(30)));
+    systemd::ready();
     tracing::info!(inbox = %paths.inbox.display(), ready = ?loaded.config.watch.ready, events = watch.is_active(), "jumio-batchd running");
+    let mut last_status = String::new();
     if once && loaded.config.watch.ready == Readiness::Settle {
         daemon.step().await?;
         tokio::time::sleep(Duration::from_secs(loaded.config.watch.settle_secs)).await;
     }
     tokio::pin!(shutdown);
     loop {
+        heartbeat.beat();
         let step = daemon.step().await?;
+        let line = daemon.status_line().await;
+        if line != last_status {
+            systemd::status(&line);
+            last_status = line;
+        }
         if once && step.claimed == 0 && step.resumed == 0 && daemon.in_flight() == 0 {
             break;
         }
         let wake = step.wake_at.map_or(poll, |at| at.saturating_duration_since(Instant::now()).min(poll));
         tokio::select! {
             _ = &mut shutdown => {
+                systemd::stopping();
                 tracing::info!(in_flight = daemon.in_flight(), "stopping: no new claims; letting uploads reach a safe point");
                 daemon.shutdown(Duration::from_secs(SHUTDOWN_GRACE_SECS)).await;
                 break;
@@ -283,6 +311,7 @@ async fn process(ctx: &Context, dir: &Path) -> anyhow::Result<()> {
     let record = deliver::admit(&ctx.store, dir, &checked).await?;
     if !checked.report.valid {
         let to = outcome::file_rejected(dir, &ctx.paths.rejected, &checked.report)?;
+        ctx.store.set_filed_path(record.id, &to.display().to_string()).await?;
         tracing::info!(batch = %record.name, id = record.id, errors = checked.report.errors.len(), to = %to.display(), "rejected: report written");
         return Ok(());
     }
@@ -290,15 +319,18 @@ async fn process(ctx: &Context, dir: &Path) -> anyhow::Result<()> {
     match shipper.attempt(record, dir, &checked.files, false).await? {
         Outcome::Submitted { record, receipt } => {
             let to = outcome::file_done(dir, &ctx.paths.done, &record, &receipt)?;
+            ctx.store.set_filed_path(record.id, &to.display().to_string()).await?;
             tracing::info!(batch = %record.name, id = record.id, remote_uuid = %receipt.remote_dir, to = %to.display(), "filed with its receipt");
         }
         Outcome::Duplicate { record, .. } => {
             let reason = record.last_error.clone().unwrap_or_default();
             let to = outcome::file_duplicate(dir, &ctx.paths.rejected, &checked.report, &reason)?;
+            ctx.store.set_filed_path(record.id, &to.display().to_string()).await?;
             tracing::info!(batch = %record.name, id = record.id, to = %to.display(), "rejected as a duplicate");
         }
         Outcome::Failed { record } => {
             let to = outcome::file_failed(dir, &ctx.paths.failed, &record)?;
+            ctx.store.set_filed_path(record.id, &to.display().to_string()).await?;
             tracing::info!(batch = %record.name, id = record.id, to = %to.display(), "filed as failed");
         }
         Outcome::RetryWait { .. } | Outcome::Interrupted { .. } => {}
@@ -313,7 +345,7 @@ async fn file_finished(
     record: &crate::store::BatchRecord,
     report: &validate::Report,
 ) -> anyhow::Result<Option<()>> {
-    match record.state {
+    let to = match record.state {
         State::Submitted => {
             let files = ctx.store.files(record.id).await?;
             let receipt = crate::receipt::Receipt {
@@ -325,19 +357,16 @@ async fn file_finished(
                 seconds: 0.0,
                 files_sha256: files.into_iter().filter_map(|(path, _, sha, _)| sha.map(|s| (path, s))).collect(),
             };
-            outcome::file_done(dir, &ctx.paths.done, record, &receipt)?;
+            outcome::file_done(dir, &ctx.paths.done, record, &receipt)?
         }
-        State::Failed => {
-            outcome::file_failed(dir, &ctx.paths.failed, record)?;
-        }
+        State::Failed => outcome::file_failed(dir, &ctx.paths.failed, record)?,
         State::Rejected if record.last_error.as_deref().is_some_and(|e| e.starts_with("duplicate of")) => {
-            outcome::file_duplicate(dir, &ctx.paths.rejected, report, record.last_error.as_deref().unwrap_or_default())?;
+            outcome::file_duplicate(dir, &ctx.paths.rejected, report, record.last_error.as_deref().unwrap_or_default())?
         }
-        State::Rejected => {
-            outcome::file_rejected(dir, &ctx.paths.rejected, report)?;
-        }
+        State::Rejected => outcome::file_rejected(dir, &ctx.paths.rejected, report)?,
         _ => return Ok(None),
-    }
+    };
+    ctx.store.set_filed_path(record.id, &to.display().to_string()).await?;
     tracing::info!(batch = %record.name, id = record.id, state = %record.state, "filed after a restart");
     Ok(Some(()))
 }

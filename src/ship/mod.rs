@@ -6,5 +6,5 @@ mod session;
 mod upload;
 
 pub use error::ShipError;
-pub use session::Connection;
-pub use upload::{remote_join, ship, Progress, Shipment, DONE_FILE, WRITE_CHUNK_BYTES};
+pub use session::{check_private_key, Connection};
+pub use upload::{probe, remote_join, ship, Progress, Shipment, DONE_FILE, WRITE_CHUNK_BYTES};

@@ -68,7 +68,8 @@ impl Connection {
     }
 }
 
-fn check_private_key(cfg: &SftpConfig) -> Result<(), ShipError> {
+/// Refuses a private key readable by group or others, as ssh does.
+pub fn check_private_key(cfg: &SftpConfig) -> Result<(), ShipError> {
     let meta = std::fs::metadata(&cfg.private_key).map_err(|source| ShipError::KeyUnreadable { path: cfg.private_key.clone(), source })?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {

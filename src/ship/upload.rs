@@ -271,3 +271,12 @@ fn write_done(conn: &Connection, folder: &str) -> Result<(), ShipError> {
     conn.sftp.stat(Path::new(&path)).map_err(|e| conn.error(e, "checking", &path))?;
     Ok(())
 }
+
+/// Creates and removes a probe folder in `remote_dir`: the server accepts us and lets us write.
+pub fn probe(cfg: &SftpConfig) -> Result<String, ShipError> {
+    let conn = Connection::open(cfg)?;
+    let folder = remote_join(&cfg.remote_dir, &format!(".jumio-batchd-check-{}", uuid::Uuid::new_v4()));
+    conn.sftp.mkdir(Path::new(&folder), 0o755).map_err(|e| conn.error(e, "creating probe folder", &folder))?;
+    conn.sftp.rmdir(Path::new(&folder)).map_err(|e| conn.error(e, "removing probe folder", &folder))?;
+    Ok(folder)
+}

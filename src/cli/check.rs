@@ -1,0 +1,124 @@
+//! `jumio-batchd check`: one line per check, OK or the exact fix.
+
+use super::{EXIT_INVALID, EXIT_OK};
+use crate::config::Config;
+use crate::daemon::same_filesystem;
+use crate::ship;
+use crate::store::Store;
+use std::path::Path;
+
+struct Checks {
+    failed: usize,
+}
+
+impl Checks {
+    fn report(&mut self, what: &str, result: Result<String, String>) {
+        match result {
+            Ok(detail) => println!("OK    {what}{}", if detail.is_empty() { String::new() } else { format!(": {detail}") }),
+            Err(fix) => {
+                self.failed += 1;
+                println!("FAIL  {what}: {fix}");
+            }
+        }
+    }
+}
+
+pub async fn run(config: Option<&Path>) -> anyhow::Result<u8> {
+    let mut checks = Checks { failed: 0 };
+    let loaded = match Config::load_or_default(config) {
+        Ok(loaded) => {
+            checks.report("config", Ok(loaded.path.display().to_string()));
+            loaded
+        }
+        Err(e) => {
+            checks.report("config", Err(e.to_string()));
+            return Ok(EXIT_INVALID);
+        }
+    };
+    match loaded.paths() {
+        Ok(paths) => {
+            for (name, dir) in [
+                ("inbox", &paths.inbox),
+                ("work", &paths.work),
+                ("done", &paths.done),
+                ("rejected", &paths.rejected),
+                ("failed", &paths.failed),
+            ] {
+                checks.report(&format!("paths.{name}"), writable(dir));
+            }
+            let same = match same_filesystem(&paths.inbox, &paths.work) {
+                Ok(true) => Ok("inbox and work on one filesystem".to_owned()),
+                Ok(false) => Err(format!(
+                    "{} and {} are on different filesystems; put work on the inbox's filesystem (claiming is a rename)",
+                    paths.inbox.display(),
+                    paths.work.display()
+                )),
+                Err(e) => Err(format!("cannot compare filesystems: {e}")),
+            };
+            checks.report("claiming", same);
+        }
+        Err(e) => checks.report("paths", Err(e.to_string())),
+    }
+    let db = &loaded.config.state.database;
+    let store = Store::open(db).await.map(|_| db.display().to_string()).map_err(|e| e.to_string());
+    checks.report("state database", store);
+    match loaded.sftp() {
+        Ok(sftp) => {
+            checks.report(
+                "private key",
+                ship::check_private_key(sftp).map(|()| sftp.private_key.display().to_string()).map_err(|e| e.to_string()),
+            );
+            checks.report("known_hosts", known_hosts(&sftp.known_hosts, &sftp.host, sftp.port));
+            let cfg = sftp.clone();
+            let probe = tokio::task::spawn_blocking(move || ship::probe(&cfg)).await?;
+            let target = format!("{}@{}:{} {}", sftp.user, sftp.host, sftp.port, sftp.remote_dir);
+            checks.report(
+                "connect, host key, login, write access",
+                probe.map(|folder| format!("{target} (created and removed {folder})")).map_err(|e| e.to_string()),
+            );
+        }
+        Err(e) => checks.report("sftp", Err(e.to_string())),
+    }
+    Ok(if checks.failed == 0 { EXIT_OK } else { EXIT_INVALID })
+}
+
+fn writable(dir: &Path) -> Result<String, String> {
+    if !dir.is_dir() {
+        return Err(format!(
+            "{} does not exist; create it: mkdir -p {} && chown jumio-batchd: {}",
+            dir.display(),
+            dir.display(),
+            dir.display()
+        ));
+    }
+    let probe = dir.join(format!(".jumio-batchd-check-{}", std::process::id()));
+    match std::fs::write(&probe, b"") {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(dir.display().to_string())
+        }
+        Err(e) => Err(format!(
+            "{} is not writable ({e}); give the service user write access: chown jumio-batchd: {}",
+            dir.display(),
+            dir.display()
+        )),
+    }
+}
+
+fn known_hosts(path: &Path, host: &str, port: u16) -> Result<String, String> {
+    let scan = if port == 22 { format!("ssh-keyscan {host}") } else { format!("ssh-keyscan -p {port} {host}") };
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.lines().any(|l| !l.trim().is_empty() && !l.starts_with('#')) => Ok(path.display().to_string()),
+        Ok(_) => Err(format!(
+            "{} is empty; add the server's key: {scan} > {} and compare its fingerprint (ssh-keygen -lf {}) with the Jumio Portal",
+            path.display(),
+            path.display(),
+            path.display()
+        )),
+        Err(e) => Err(format!(
+            "cannot read {} ({e}); create it: {scan} > {}, then compare the fingerprint with the Jumio Portal",
+            path.display(),
+            path.display()
+        )),
+    }
+}

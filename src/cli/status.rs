@@ -1,0 +1,156 @@
+//! `jumio-batchd status [--json] [NAME|ID]`: what the store says, read-only.
+
+use super::EXIT_OK;
+use crate::batch::State;
+use crate::config::Config;
+use crate::store::{BatchRecord, Store};
+use chrono::Utc;
+use serde::Serialize;
+use std::path::Path;
+
+const RECENT: i64 = 10;
+const JSON_LIMIT: i64 = 1000;
+
+/// One batch in `status --json`.
+#[derive(Debug, Serialize)]
+struct BatchStatus<'a> {
+    id: i64,
+    name: &'a str,
+    state: State,
+    remote_dir: Option<&'a str>,
+    rows: i64,
+    files: i64,
+    bytes: i64,
+    bytes_sent: i64,
+    attempts: i64,
+    last_error: Option<&'a str>,
+    created_at: String,
+    updated_at: String,
+}
+
+impl<'a> From<&'a BatchRecord> for BatchStatus<'a> {
+    fn from(r: &'a BatchRecord) -> Self {
+        BatchStatus {
+            id: r.id,
+            name: &r.name,
+            state: r.state,
+            remote_dir: r.remote_dir.as_deref().or(r.remote_uuid.as_deref()),
+            rows: r.rows,
+            files: r.files,
+            bytes: r.bytes,
+            bytes_sent: if r.state == State::Submitted { r.bytes } else { r.bytes_sent },
+            attempts: r.attempts,
+            last_error: r.last_error.as_deref(),
+            created_at: r.created_at.to_rfc3339(),
+            updated_at: r.updated_at.to_rfc3339(),
+        }
+    }
+}
+
+pub async fn run(config: Option<&Path>, json: bool, key: Option<&str>) -> anyhow::Result<u8> {
+    let loaded = Config::load_or_default(config)?;
+    let path = &loaded.config.state.database;
+    if !path.exists() {
+        anyhow::bail!("no state database at {}; nothing has been sent yet (or [state] database points elsewhere)", path.display());
+    }
+    let store = Store::open_read_only(path).await?;
+    let records = match key {
+        Some(key) => vec![store.find(key).await?.ok_or_else(|| anyhow::anyhow!("no batch named or numbered {key:?}"))?],
+        None => store.recent(JSON_LIMIT).await?,
+    };
+    if json {
+        let list: Vec<BatchStatus> = records.iter().map(BatchStatus::from).collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else if let Some(record) = records.first().filter(|_| key.is_some()) {
+        print!("{}", one(record));
+        for e in store.events(record.id).await? {
+            let from = e.from_state.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+            println!(
+                "  {}  {from} -> {} (attempt {}){}",
+                e.at.format("%Y-%m-%d %H:%M:%S"),
+                e.to_state,
+                e.attempt,
+                e.detail.map(|d| format!(": {d}")).unwrap_or_default()
+            );
+        }
+    } else {
+        print!("{}", overview(&store.counts().await?, &records));
+    }
+    Ok(EXIT_OK)
+}
+
+fn one(r: &BatchRecord) -> String {
+    let mut text = format!("batch {} (id {}): {}\n", r.name, r.id, r.state);
+    text.push_str(&format!("  {} rows, {} images, {} bytes; attempts {}\n", r.rows, r.files, r.bytes, r.attempts));
+    if let Some(uuid) = &r.remote_uuid {
+        text.push_str(&format!("  remote folder {uuid}\n"));
+    }
+    if let Some(at) = r.submitted_at {
+        text.push_str(&format!("  submitted {}\n", at.to_rfc3339()));
+    }
+    if let Some(e) = &r.last_error {
+        text.push_str(&format!("  last error: {e}\n"));
+    }
+    if let (State::RetryWait, Some(at)) = (r.state, r.next_attempt_at) {
+        text.push_str(&format!("  next attempt {}\n", at.to_rfc3339()));
+    }
+    if let Some(p) = &r.filed_path {
+        text.push_str(&format!("  folder {p}\n"));
+    }
+    text.push_str("  history:\n");
+    text
+}
+
+fn overview(counts: &std::collections::BTreeMap<String, i64>, records: &[BatchRecord]) -> String {
+    let mut text = String::from("batches:");
+    for state in State::ALL {
+        text.push_str(&format!(" {} {}", state, counts.get(state.as_str()).copied().unwrap_or(0)));
+    }
+    text.push('\n');
+    let in_flight: Vec<&BatchRecord> = records.iter().filter(|r| r.state == State::Uploading).collect();
+    if !in_flight.is_empty() {
+        text.push_str("in flight:\n");
+        for r in in_flight {
+            let secs = r.upload_started_at.map_or(0.0, |t| (Utc::now() - t).num_milliseconds() as f64 / 1000.0);
+            let rate = if secs > 0.0 { r.bytes_sent as f64 / secs / 1e6 } else { 0.0 };
+            text.push_str(&format!(
+                "  {} (id {}) {} / {} bytes, {rate:.1} MB/s, attempt {}, into {}\n",
+                r.name,
+                r.id,
+                r.bytes_sent,
+                r.bytes,
+                r.attempts,
+                r.remote_uuid.as_deref().unwrap_or("-")
+            ));
+        }
+    }
+    for (state, title) in [
+        (State::RetryWait, "waiting to retry"),
+        (State::Submitted, "recently submitted"),
+        (State::Rejected, "recently rejected"),
+        (State::Failed, "recently failed"),
+    ] {
+        let some: Vec<&BatchRecord> = records.iter().filter(|r| r.state == state).take(RECENT as usize).collect();
+        if some.is_empty() {
+            continue;
+        }
+        text.push_str(&format!("{title}:\n"));
+        for r in some {
+            let detail = match state {
+                State::Submitted => format!(
+                    "as {} at {}",
+                    r.remote_dir.as_deref().unwrap_or("-"),
+                    r.submitted_at.map(|t| t.to_rfc3339()).unwrap_or_default()
+                ),
+                State::RetryWait => format!(
+                    "next attempt {}: {}",
+                    r.next_attempt_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                    r.last_error.as_deref().unwrap_or("")
+                ),
+                _ => r.last_error.clone().unwrap_or_default(),
+            };
+            text.push_str(&format!("  {} (id {}) {detail}\n", r.name, r.id));
+        }
+    }
+    text
+}
