@@ -52,11 +52,20 @@ pub struct WatchConfig {
     pub settle_secs: u64,
     pub poll_secs: u64,
     pub max_parallel_batches: usize,
+    /// Scan early on filesystem events; false relies on the rescan alone.
+    pub events: bool,
 }
 
 impl Default for WatchConfig {
     fn default() -> Self {
-        WatchConfig { ready: Readiness::Marker, marker: DEFAULT_MARKER.to_owned(), settle_secs: 30, poll_secs: 10, max_parallel_batches: 2 }
+        WatchConfig {
+            ready: Readiness::Marker,
+            marker: DEFAULT_MARKER.to_owned(),
+            settle_secs: 30,
+            poll_secs: 10,
+            max_parallel_batches: 2,
+            events: true,
+        }
     }
 }
 

@@ -110,12 +110,93 @@ def bench_ship():
         shutil.rmtree(batch)
 
 
+def daemon_config(root, events, poll):
+    base = open(f"{SERVER}/config.toml").read()
+    text = base + f"""
+[paths]
+inbox = "{root}/inbox"
+work = "{root}/work"
+done = "{root}/done"
+rejected = "{root}/rejected"
+failed = "{root}/failed"
+
+[watch]
+poll_secs = {poll}
+events = {"true" if events else "false"}
+"""
+    path = os.path.join(root, "config.toml")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def marker_to_done(root, proc, n):
+    """Drops n one-row batches one at a time; seconds from writing the marker to DONE on the server."""
+    latencies = []
+    home = os.path.join(SERVER, "home")
+    for i in range(n):
+        staged = os.path.join(root, "staging", f"lat-{time.time_ns()}")
+        subprocess.run([sys.executable, os.path.join(HERE, "make_batch.py"), staged, "1", "0"], check=True)
+        # A distinct reference per batch, so none is refused as a duplicate.
+        csv = os.path.join(staged, "input.csv")
+        text = open(csv).read().replace("demo-00001", f"lat-{time.time_ns()}")
+        open(csv, "w").write(text)
+        before = set(os.listdir(home))
+        target = os.path.join(root, "inbox", os.path.basename(staged))
+        os.rename(staged, target)
+        time.sleep(0.2)
+        start = time.perf_counter()
+        open(os.path.join(target, "DONE"), "w").close()
+        while True:
+            new = [d for d in set(os.listdir(home)) - before if os.path.exists(os.path.join(home, d, "DONE"))]
+            if new:
+                break
+            if proc.poll() is not None:
+                sys.exit("daemon died")
+            time.sleep(0.002)
+        latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+def bench_daemon():
+    poll = 5
+    for events in (True, False):
+        root = tempfile.mkdtemp(prefix="jumio-daemon-", dir=WORK)
+        os.makedirs(os.path.join(root, "inbox"))
+        os.makedirs(os.path.join(root, "staging"))
+        config = daemon_config(root, events, poll)
+        log = open(os.path.join(root, "log"), "w")
+        proc = subprocess.Popen(CLIENT_PREFIX + [BIN, "--config", config, "run"], stdout=log, stderr=log)
+        time.sleep(1.0)
+        lat = marker_to_done(root, proc, 5)
+        mode = "events" if events else f"poll only (poll_secs = {poll})"
+        target = "< 1 s" if events else f"< {poll + 1} s"
+        print(f"daemon, marker written -> DONE on the server, {mode}: median {statistics.median(lat):.3f} s, "
+              f"max {max(lat):.3f} s (target {target})")
+        if events:
+            idle = 10
+            time.sleep(2)  # let the last batch be filed
+            before = cpu_seconds(proc.pid)
+            time.sleep(idle)
+            used = cpu_seconds(proc.pid) - before
+            print(f"daemon idle CPU: {used / idle * 100:.2f} % of one core over {idle} s (poll_secs = {poll})")
+        proc.terminate()
+        proc.wait()
+
+
 if __name__ == "__main__":
     try:
-        what = sys.argv[1:] or ["validate", "ship"]
+        what = sys.argv[1:] or ["validate", "ship", "daemon"]
         if "validate" in what:
             bench_validate()
         if "ship" in what:
             bench_ship()
+        if "daemon" in what:
+            bench_daemon()
     finally:
         shutil.rmtree(WORK, ignore_errors=True)

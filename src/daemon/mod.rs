@@ -235,7 +235,7 @@ impl Daemon {
 pub async fn run(loaded: &Loaded, shutdown: impl Future<Output = ()>, once: bool) -> anyhow::Result<()> {
     let mut daemon = Daemon::start(loaded).await?;
     let paths = loaded.paths()?;
-    let (mut watch, mut events) = watch::InboxWatch::new(&paths.inbox);
+    let (mut watch, mut events) = watch::InboxWatch::new(&paths.inbox, loaded.config.watch.events);
     let poll = Duration::from_secs(loaded.config.watch.poll_secs);
     let heartbeat = systemd::Heartbeat::default();
     heartbeat.beat();

@@ -12,18 +12,23 @@ pub struct InboxWatch {
     identity: Option<(u64, u64)>,
     watcher: Option<RecommendedWatcher>,
     tx: mpsc::Sender<()>,
+    enabled: bool,
 }
 
 impl InboxWatch {
-    pub fn new(path: &Path) -> (InboxWatch, mpsc::Receiver<()>) {
+    /// A watch on `path`; with `enabled` false it never watches (polling only).
+    pub fn new(path: &Path, enabled: bool) -> (InboxWatch, mpsc::Receiver<()>) {
         let (tx, rx) = mpsc::channel(1);
-        let mut watch = InboxWatch { path: path.to_path_buf(), identity: None, watcher: None, tx };
+        let mut watch = InboxWatch { path: path.to_path_buf(), identity: None, watcher: None, tx, enabled };
         watch.ensure();
         (watch, rx)
     }
 
     /// (Re)establishes the watch when the inbox appeared, vanished or was remounted.
     pub fn ensure(&mut self) {
+        if !self.enabled {
+            return;
+        }
         let identity = std::fs::metadata(&self.path).ok().map(|m| (m.dev(), m.ino()));
         if identity == self.identity && (self.watcher.is_some() || identity.is_none()) {
             return;
