@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 use support::daemon::Drops;
 use support::fixtures::{self, Batch};
-use support::sshd::{tree, TestServer};
+use support::sshd::{dir_bytes, tree, TestServer};
 
 const MARKER_MODE: &str = "ready = \"marker\"\npoll_secs = 1\nmax_parallel_batches = 2";
 const WAIT: Duration = Duration::from_secs(90);
@@ -78,6 +78,17 @@ fn expected_remote_from(local: &std::collections::BTreeMap<String, Vec<u8>>) -> 
     t
 }
 
+/// Writes the files one by one with a pause after each, checking nobody claimed the folder.
+fn write_slowly(target: &std::path::Path, files: &std::collections::BTreeMap<String, Vec<u8>>, gap: Duration) {
+    for (rel, bytes) in files {
+        let path = target.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+        std::thread::sleep(gap);
+        assert!(target.is_dir(), "claimed while still being written");
+    }
+}
+
 #[test]
 fn a_folder_written_slowly_is_not_claimed_before_its_marker() {
     let server = TestServer::start();
@@ -86,13 +97,7 @@ fn a_folder_written_slowly_is_not_claimed_before_its_marker() {
     let staged = valid(&drops, "slow", 3);
     let files = tree(&staged.dir);
     let target = drops.dir("inbox/slow");
-    for (rel, bytes) in &files {
-        let path = target.join(rel);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, bytes).unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        assert!(target.is_dir(), "claimed before the marker was written");
-    }
+    write_slowly(&target, &files, Duration::from_millis(300));
     std::thread::sleep(Duration::from_millis(1500));
     assert!(target.is_dir() && drops.names("work").is_empty(), "claimed without a marker");
     std::fs::write(target.join("DONE"), b"").unwrap();
@@ -110,13 +115,7 @@ fn in_settle_mode_a_folder_is_claimed_only_once_it_stopped_changing() {
     let staged = valid(&drops, "settling", 3);
     let files = tree(&staged.dir);
     let target = drops.dir("inbox/settling");
-    for (rel, bytes) in &files {
-        let path = target.join(rel);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, bytes).unwrap();
-        std::thread::sleep(Duration::from_millis(700));
-        assert!(target.is_dir(), "claimed while still being written");
-    }
+    write_slowly(&target, &files, Duration::from_millis(700));
     drops.wait_for("done", 1, WAIT);
     let folder = remote_folder_of(&server, &files);
     assert!(tree(&server.home().join(folder)) == expected_remote_from(&files));
@@ -224,19 +223,4 @@ fn the_daemon_refuses_to_start_when_inbox_and_work_are_on_different_filesystems(
     let mut daemon = drops.spawn(&[]);
     assert_ne!(daemon.wait(), Some(0));
     assert!(daemon.log_text().contains("different filesystems"), "{}", daemon.log_text());
-}
-
-fn dir_bytes(root: &std::path::Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => stack.push(e.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
 }

@@ -6,12 +6,12 @@ mod support;
 use jumio_batchd::batch::State;
 use jumio_batchd::store::Store;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use support::fixtures::{self, Batch};
-use support::sshd::{tree, TestServer};
+use support::sshd::{dir_bytes, tree, TestServer};
 
 const ROWS: usize = 12;
 const IMAGE_BYTES: usize = 2_800_000;
@@ -112,21 +112,6 @@ fn kill_at_then_resume(server: &TestServer, batch: &Batch, instant: Instant_, la
     });
     assert_eq!(record.state, State::Submitted, "{label}");
     assert_eq!(record.remote_uuid.as_deref(), Some(folders[0].as_str()), "{label}");
-}
-
-fn dir_bytes(root: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack: Vec<PathBuf> = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => stack.push(e.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
 }
 
 #[test]

@@ -7,7 +7,7 @@ use jumio_batchd::validate::validate;
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use support::fixtures::{self, Batch};
-use support::sshd::{tree, TestServer};
+use support::sshd::{dir_bytes, tree, TestServer};
 
 fn send(server: &TestServer, batch: &Batch, extra: &[&str]) -> (i32, String, String) {
     let config = server.write_config_file(&[]);
@@ -195,21 +195,6 @@ fn server_killed_mid_upload_leaves_no_done_and_says_why() {
     let folders = server.remote_folders();
     assert_eq!(folders.len(), 1);
     assert!(!server.home().join(&folders[0]).join("DONE").exists());
-}
-
-fn dir_bytes(root: &std::path::Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => stack.push(e.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
 }
 
 #[test]
