@@ -241,11 +241,12 @@ impl Store {
             .await?)
     }
 
-    /// An unfinished batch from this folder with this content: a crashed or interrupted run.
+    /// An unfinished batch from this folder with this content: a crashed, interrupted or failed
+    /// run, which must resume into its own remote folder (a failed one may even hold DONE).
     pub async fn find_unfinished(&self, source_path: &str, content_key: &str) -> Result<Option<BatchRecord>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT * FROM batches WHERE source_path = ? AND content_key = ?
-               AND state IN ('discovered', 'validated', 'uploading', 'retry_wait') ORDER BY id DESC LIMIT 1",
+               AND state IN ('discovered', 'validated', 'uploading', 'retry_wait', 'failed') ORDER BY id DESC LIMIT 1",
         )
         .bind(source_path)
         .bind(content_key)

@@ -223,3 +223,29 @@ fn the_same_batch_sent_again_is_refused_as_a_duplicate_unless_allowed() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(server.remote_folders().len(), 2);
 }
+
+#[test]
+fn sending_a_failed_batch_again_resumes_into_its_own_folder() {
+    let mut server = TestServer::start();
+    let batch = big_batch();
+    let config = server.write_config_file(&[("max_attempts = 3", "max_attempts = 1")]);
+    let child = send(&config, &batch, None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while dir_bytes(&server.home()) < 20_000_000 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    server.kill();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("failed: gave up after 1 attempt(s)"));
+    let partial = server.remote_folders();
+    assert_eq!(partial.len(), 1);
+
+    server.restart();
+    let out = send(&config, &batch, None).wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(server.remote_folders(), partial, "the same folder, completed");
+    let mut expected = tree(&batch.dir);
+    expected.insert("DONE".into(), Vec::new());
+    assert!(tree(&server.home().join(&partial[0])) == expected);
+}
