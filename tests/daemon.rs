@@ -224,3 +224,28 @@ fn the_daemon_refuses_to_start_when_inbox_and_work_are_on_different_filesystems(
     assert_ne!(daemon.wait(), Some(0));
     assert!(daemon.log_text().contains("different filesystems"), "{}", daemon.log_text());
 }
+
+#[test]
+fn json_logs_carry_one_structured_line_per_transition() {
+    let server = TestServer::start();
+    let drops = Drops::new(&server, MARKER_MODE);
+    let text = std::fs::read_to_string(&drops.config).unwrap() + "\n[log]\nformat = \"json\"\nlevel = \"info\"\n";
+    std::fs::write(&drops.config, text).unwrap();
+    drops.drop_in(&valid(&drops, "logged", 1), true);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jumio-batchd"))
+        .arg("--config")
+        .arg(&drops.config)
+        .args(["run", "--once"])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("every line is JSON")).collect();
+    let states: Vec<&str> =
+        lines.iter().filter(|l| l["batch"] == "logged" && l["id"].is_number()).filter_map(|l| l["state"].as_str()).collect();
+    assert_eq!(states, ["discovered", "validated", "uploading", "submitted"]);
+    let submitted = lines.iter().find(|l| l["state"] == "submitted").unwrap();
+    assert_eq!(submitted["remote_uuid"], server.remote_folders()[0].as_str());
+    assert_eq!(submitted["level"], "INFO");
+}
