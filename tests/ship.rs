@@ -202,3 +202,32 @@ fn permanent_errors_are_classified() {
     assert!(ShipError::AuthRefused { addr: "h:22".into(), user: "u".into(), key: "k".into() }.is_permanent());
     assert!(!ShipError::RemoteFull { path: "p".into() }.is_permanent());
 }
+
+#[test]
+fn a_missing_remote_dir_fails_at_once_with_the_fix() {
+    let server = TestServer::start();
+    let config = server.write_config_file(&[("remote_dir = \".\"", "remote_dir = \"incoming\"")]);
+    let out = Command::new(env!("CARGO_BIN_EXE_jumio-batchd"))
+        .arg("--config")
+        .arg(&config)
+        .arg("send")
+        .arg(&Batch::valid("b", 1).dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("check that sftp.remote_dir exists") && !stderr.contains("retrying"), "{stderr}");
+
+    std::fs::create_dir(server.home().join("incoming")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_jumio-batchd"))
+        .arg("--config")
+        .arg(&config)
+        .args(["send", "--allow-duplicate"])
+        .arg(&Batch::valid("b2", 1).dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let folder = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(folder.starts_with("incoming/"), "{folder}");
+    assert!(server.home().join(&folder).join("DONE").is_file());
+}

@@ -30,6 +30,8 @@ pub enum ShipError {
     AuthRefused { addr: String, user: String, key: PathBuf },
     #[error("permission denied on the server for {path}: check sftp.remote_dir and the tenant's rights")]
     PermissionDenied { path: String },
+    #[error("{path} has no parent folder on the server; check that sftp.remote_dir exists in the tenant home")]
+    RemoteMissing { path: String },
     #[error("the server's disk or quota is full while writing {path}; it will be retried")]
     RemoteFull { path: String },
     #[error("{path} on the server has {remote} bytes after upload, expected {local}")]
@@ -56,6 +58,7 @@ impl ShipError {
                 | ShipError::KeyUnreadable { .. }
                 | ShipError::AuthRefused { .. }
                 | ShipError::PermissionDenied { .. }
+                | ShipError::RemoteMissing { .. }
                 | ShipError::LocalChanged { .. }
                 | ShipError::LocalRead { .. }
         )
@@ -64,11 +67,13 @@ impl ShipError {
     /// Classifies an ssh2 error from the step `what` on `path`.
     pub fn from_ssh(e: ssh2::Error, what: &str, path: &str, addr: &str, secs: u64) -> ShipError {
         const LIBSSH2_ERROR_TIMEOUT: i32 = -9;
+        const FX_NO_SUCH_FILE: i32 = 2;
         const FX_PERMISSION_DENIED: i32 = 3;
         const FX_NO_SPACE_ON_FILESYSTEM: i32 = 14;
         const FX_QUOTA_EXCEEDED: i32 = 15;
         match e.code() {
             ssh2::ErrorCode::Session(LIBSSH2_ERROR_TIMEOUT) => ShipError::Timeout { what: what.to_owned(), addr: addr.to_owned(), secs },
+            ssh2::ErrorCode::SFTP(FX_NO_SUCH_FILE) => ShipError::RemoteMissing { path: path.to_owned() },
             ssh2::ErrorCode::SFTP(FX_PERMISSION_DENIED) => ShipError::PermissionDenied { path: path.to_owned() },
             ssh2::ErrorCode::SFTP(FX_NO_SPACE_ON_FILESYSTEM | FX_QUOTA_EXCEEDED) => ShipError::RemoteFull { path: path.to_owned() },
             _ => ShipError::Ssh { what: format!("{what} {path}"), message: e.message().to_owned() },
