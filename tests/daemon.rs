@@ -73,9 +73,7 @@ fn dropped_batches_are_shipped_byte_identical_with_done_last_and_the_invalid_one
 }
 
 fn expected_remote_from(local: &std::collections::BTreeMap<String, Vec<u8>>) -> std::collections::BTreeMap<String, Vec<u8>> {
-    let mut t = local.clone();
-    t.insert("DONE".into(), Vec::new());
-    t
+    support::sshd::with_done(local.clone())
 }
 
 /// Writes the files one by one with a pause after each, checking nobody claimed the folder.

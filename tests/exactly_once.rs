@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use support::fixtures::{self, Batch};
-use support::sshd::{dir_bytes, tree, TestServer};
+use support::sshd::{dir_bytes, tree, with_done, TestServer};
 
 const ROWS: usize = 12;
 const IMAGE_BYTES: usize = 2_800_000;
@@ -100,8 +100,7 @@ fn kill_at_then_resume(server: &TestServer, batch: &Batch, instant: Instant_, la
     let folders = server.remote_folders();
     assert_eq!(folders.len(), 1, "{label}: exactly one remote folder, got {folders:?}");
     assert_eq!(receipt["remote_dir"], folders[0], "{label}");
-    let mut expected = tree(&batch.dir);
-    expected.insert("DONE".into(), Vec::new());
+    let expected = with_done(tree(&batch.dir));
     let remote = tree(&server.home().join(&folders[0]));
     assert_eq!(remote.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>(), "{label}");
     assert!(remote == expected, "{label}: remote files differ from the batch");
@@ -170,18 +169,14 @@ fn sshd_stopped_mid_batch_and_restarted_later_the_batch_completes_after_retries(
     let folders = server.remote_folders();
     assert_eq!(folders.len(), 1, "the retry resumed into the same folder");
     assert!(server.home().join(&folders[0]).join("DONE").exists());
-    let mut expected = tree(&batch.dir);
-    expected.insert("DONE".into(), Vec::new());
+    let expected = with_done(tree(&batch.dir));
     assert!(tree(&server.home().join(&folders[0])) == expected);
 }
 
 #[test]
 fn a_wrong_host_key_fails_at_once_with_the_reason_and_sends_nothing() {
     let server = TestServer::start();
-    let other = tempfile::tempdir().unwrap();
-    support::sshd::keygen(&other.path().join("k"), "ed25519");
-    let key = std::fs::read_to_string(other.path().join("k.pub")).unwrap();
-    std::fs::write(server.dir.path().join("known_hosts"), format!("[127.0.0.1]:{} {key}", server.port)).unwrap();
+    server.pin_other_key("ed25519", server.port);
     let config = server.write_config_file(&[("max_attempts = 3", "max_attempts = 8")]);
     let batch = Batch::valid("batch-k", 2);
     let started = Instant::now();
@@ -245,7 +240,6 @@ fn sending_a_failed_batch_again_resumes_into_its_own_folder() {
     let out = send(&config, &batch, None).wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(server.remote_folders(), partial, "the same folder, completed");
-    let mut expected = tree(&batch.dir);
-    expected.insert("DONE".into(), Vec::new());
+    let expected = with_done(tree(&batch.dir));
     assert!(tree(&server.home().join(&partial[0])) == expected);
 }

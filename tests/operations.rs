@@ -178,9 +178,7 @@ fn a_failed_batch_is_retried_into_the_same_remote_folder() {
     assert_eq!(daemon.wait(), Some(0), "{}", daemon.log_text());
     assert_eq!(drops.names("done"), ["flaky"]);
     assert_eq!(server.remote_folders(), vec![uuid.clone()]);
-    let mut expected = original;
-    expected.insert("DONE".into(), Vec::new());
-    assert!(support::sshd::tree(&server.home().join(&uuid)) == expected);
+    assert!(support::sshd::tree(&server.home().join(&uuid)) == support::sshd::with_done(original));
     let (code, _, stderr) = bin(&drops.config, &["retry", "flaky"]);
     assert_eq!(code, 1);
     assert!(stderr.contains("is submitted, not failed"), "{stderr}");

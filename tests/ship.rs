@@ -7,7 +7,7 @@ use jumio_batchd::validate::validate;
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use support::fixtures::{self, Batch};
-use support::sshd::{dir_bytes, tree, TestServer};
+use support::sshd::{dir_bytes, tree, with_done, TestServer};
 
 fn send(server: &TestServer, batch: &Batch, extra: &[&str]) -> (i32, String, String) {
     let config = server.write_config_file(&[]);
@@ -22,11 +22,9 @@ fn send(server: &TestServer, batch: &Batch, extra: &[&str]) -> (i32, String, Str
     (out.status.code().unwrap_or(-1), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
 }
 
-/// The local batch as it must appear on the server: every file but the marker and unreferenced ones.
+/// The local batch as it must appear on the server.
 fn expected_tree(batch: &Batch) -> std::collections::BTreeMap<String, Vec<u8>> {
-    let mut t = tree(&batch.dir);
-    t.insert("DONE".into(), Vec::new());
-    t
+    with_done(tree(&batch.dir))
 }
 
 #[test]
@@ -105,11 +103,8 @@ fn many_files_over_several_sessions_arrive_complete() {
 #[test]
 fn an_unknown_host_key_is_refused_before_anything_is_created() {
     let server = TestServer::start();
-    let other = tempfile::tempdir().unwrap();
-    support::sshd::keygen(&other.path().join("k"), "ed25519");
-    let other_key = std::fs::read_to_string(other.path().join("k.pub")).unwrap();
     // Known for another host only: unknown here.
-    std::fs::write(server.dir.path().join("known_hosts"), format!("[127.0.0.1]:1 {other_key}")).unwrap();
+    server.pin_other_key("ed25519", 1);
     let (code, _, stderr) = send(&server, &Batch::valid("b", 1), &[]);
     assert_eq!(code, 2);
     assert!(stderr.contains("is not in") && stderr.contains("SHA256:") && stderr.contains("ssh-keyscan -p"), "{stderr}");
@@ -117,7 +112,7 @@ fn an_unknown_host_key_is_refused_before_anything_is_created() {
     assert!(!server.log().contains("Accepted publickey"), "must refuse before authenticating");
 
     // Same host, another key of the same type: changed.
-    std::fs::write(server.dir.path().join("known_hosts"), format!("[127.0.0.1]:{} {other_key}", server.port)).unwrap();
+    server.pin_other_key("ed25519", server.port);
     let (code, _, stderr) = send(&server, &Batch::valid("b", 1), &[]);
     assert_eq!(code, 2);
     assert!(stderr.contains("HOST KEY CHANGED") && stderr.contains("SHA256:"), "{stderr}");
@@ -127,10 +122,7 @@ fn an_unknown_host_key_is_refused_before_anything_is_created() {
 #[test]
 fn a_known_key_of_another_type_only_is_refused() {
     let server = TestServer::start();
-    let other = tempfile::tempdir().unwrap();
-    support::sshd::keygen(&other.path().join("k"), "rsa");
-    let rsa = std::fs::read_to_string(other.path().join("k.pub")).unwrap();
-    std::fs::write(server.dir.path().join("known_hosts"), format!("[127.0.0.1]:{} {rsa}", server.port)).unwrap();
+    server.pin_other_key("rsa", server.port);
     let (code, _, stderr) = send(&server, &Batch::valid("b", 1), &[]);
     assert_eq!(code, 2);
     assert!(stderr.contains("is not in") && stderr.contains("ssh-ed25519"), "{stderr}");

@@ -190,6 +190,15 @@ impl TestServer {
         )
     }
 
+    /// Pins a freshly generated key of `kind` for `[127.0.0.1]:port` as the only known_hosts
+    /// entry: with this server's port the server's real key then mismatches.
+    pub fn pin_other_key(&self, kind: &str, port: u16) {
+        let other = tempfile::tempdir().unwrap();
+        keygen(&other.path().join("k"), kind);
+        let key = std::fs::read_to_string(other.path().join("k.pub")).unwrap();
+        std::fs::write(self.dir.path().join("known_hosts"), format!("[127.0.0.1]:{port} {key}")).unwrap();
+    }
+
     /// The folders directly in the tenant home (one per shipped batch).
     pub fn remote_folders(&self) -> Vec<String> {
         let mut v: Vec<String> =
@@ -278,4 +287,10 @@ pub fn dir_bytes(root: &Path) -> u64 {
         }
     }
     total
+}
+
+/// What a shipped batch must look like on the server: its files plus an empty DONE.
+pub fn with_done(mut files: std::collections::BTreeMap<String, Vec<u8>>) -> std::collections::BTreeMap<String, Vec<u8>> {
+    files.insert("DONE".into(), Vec::new());
+    files
 }
