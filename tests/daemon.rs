@@ -247,3 +247,27 @@ fn json_logs_carry_one_structured_line_per_transition() {
     assert_eq!(submitted["remote_uuid"], server.remote_folders()[0].as_str());
     assert_eq!(submitted["level"], "INFO");
 }
+
+#[test]
+fn a_replaced_inbox_is_watched_again_and_batches_dropped_there_are_shipped() {
+    let server = TestServer::start();
+    let drops = Drops::new(&server, MARKER_MODE);
+    let _daemon = drops.spawn(&[]);
+    let watching = || drops.logs().matches("watching the inbox for changes").count();
+    let deadline = std::time::Instant::now() + WAIT;
+    while watching() < 1 {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The share is unmounted and mounted again: a new directory where the inbox was.
+    std::fs::rename(drops.dir("inbox"), drops.dir("inbox.old")).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    std::fs::create_dir(drops.dir("inbox")).unwrap();
+    while watching() < 2 {
+        assert!(std::time::Instant::now() < deadline, "{}", drops.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drops.drop_in(&valid(&drops, "after-remount", 1), true);
+    drops.wait_for("done", 1, WAIT);
+    assert!(drops.logs().contains("cannot read the inbox") && drops.logs().contains("inbox is readable again"), "{}", drops.logs());
+}

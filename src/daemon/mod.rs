@@ -251,6 +251,7 @@ pub async fn run(loaded: &Loaded, shutdown: impl Future<Output = ()>, once: bool
     tokio::pin!(shutdown);
     loop {
         heartbeat.beat();
+        watch.ensure();
         let step = daemon.step().await?;
         let line = daemon.status_line().await;
         if line != last_status {
@@ -273,7 +274,7 @@ pub async fn run(loaded: &Loaded, shutdown: impl Future<Output = ()>, once: bool
                 while events.try_recv().is_ok() {}
             }
             Some(_) = daemon.join_next(), if daemon.in_flight() > 0 => {}
-            _ = tokio::time::sleep(wake), if !(once && daemon.in_flight() > 0) => watch.ensure(),
+            _ = tokio::time::sleep(wake), if !(once && daemon.in_flight() > 0) => {}
         }
     }
     daemon.store().close().await;

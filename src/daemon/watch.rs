@@ -36,7 +36,7 @@ impl InboxWatch {
         self.identity = identity;
         self.watcher = identity.and_then(|_| self.watch().ok());
         if self.watcher.is_some() {
-            tracing::debug!(inbox = %self.path.display(), "watching the inbox for changes");
+            tracing::info!(inbox = %self.path.display(), "watching the inbox for changes");
         }
     }
 
