@@ -59,7 +59,7 @@ fn dropped_batches_are_shipped_byte_identical_with_done_last_and_the_invalid_one
 
     let report = std::fs::read_to_string(drops.dir("rejected/batch-bad/REJECTED.txt")).unwrap();
     assert!(report.contains("was NOT sent to Jumio"), "{report}");
-    assert!(report.contains("row 2:\n"), "{report}");
+    assert!(report.contains("row 2 (r/2):\n"), "{report}");
     assert!(report.contains("[reference_forbidden_character] customerInternalReference:"), "{report}");
     assert!(report.contains("[image_missing] frontImage:"), "{report}");
     let errors: serde_json::Value = serde_json::from_slice(&std::fs::read(drops.dir("rejected/batch-bad/errors.json")).unwrap()).unwrap();

@@ -30,7 +30,7 @@ fn an_invalid_batch_exits_one_and_groups_problems_by_row() {
     assert_eq!(code, 1, "{stdout}");
     let expected_lines = [
         "b: INVALID: 2 rows, 4 images,",
-        "row 2:",
+        "row 2 (r/2):",
         "  error   [reference_forbidden_character] customerInternalReference: contains `/`; remove every one of <>\"/;`%{}|",
         "  error   [image_missing] frontImage: no such file in the batch folder;",
     ];

@@ -3,7 +3,7 @@
 
 use super::fields::{self, check_value, Column, REFERENCE, WORKFLOW_KEY};
 use super::problem::Findings;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 pub const MAX_DATA_ROWS: usize = 10_000;
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -23,6 +23,8 @@ pub struct CsvCheck {
     pub findings: Findings,
     pub rows: usize,
     pub images: Vec<ImageRef>,
+    /// Each row's customerInternalReference (not personal data by Jumio's rules), to name rows.
+    pub references: BTreeMap<usize, String>,
 }
 
 pub fn check_csv(bytes: &[u8]) -> CsvCheck {
@@ -192,6 +194,7 @@ fn check_row(
         check_value(*column, name, value, row, out);
         match column {
             Column::Reference => {
+                check.references.insert(row, value.to_owned());
                 if let Some(first) = references.insert(value.to_owned(), row) {
                     references.insert(value.to_owned(), first);
                     out.warning(Some(row), Some(name), "duplicate_reference", format!("same customerInternalReference as row {first}; use a unique reference per transaction so results can be told apart"));

@@ -13,7 +13,7 @@ pub use problem::{Findings, Problem};
 pub use report::render_text;
 
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 pub const INPUT_CSV: &str = "input.csv";
@@ -28,6 +28,9 @@ pub struct Report {
     pub bytes: u64,
     pub errors: Vec<Problem>,
     pub warnings: Vec<Problem>,
+    /// customerInternalReference of the rows that have problems, to name them in the text report.
+    #[serde(skip)]
+    pub references: BTreeMap<usize, String>,
 }
 
 /// A checked batch: the report, and what would be shipped (input.csv first, then the images).
@@ -101,13 +104,25 @@ pub fn validate(dir: &Path, marker: Option<&str>) -> Result<Validated, Unreadabl
     let mut files = vec![BatchFile { path: INPUT_CSV.to_owned(), size: csv_bytes.len() as u64 }];
     files.extend(images);
     let bytes = files.iter().map(|f| f.size).sum();
-    let report = Report::new(batch, csv.rows, referenced.len(), bytes, findings);
+    let mut report = Report::new(batch, csv.rows, referenced.len(), bytes, findings);
+    let mut references = csv.references;
+    references.retain(|row, _| report.errors.iter().chain(&report.warnings).any(|p| p.row == Some(*row)));
+    report.references = references;
     Ok(Validated { report, files })
 }
 
 impl Report {
     fn new(batch: String, rows: usize, files: usize, bytes: u64, findings: Findings) -> Report {
-        Report { batch, valid: findings.errors.is_empty(), rows, files, bytes, errors: findings.errors, warnings: findings.warnings }
+        Report {
+            batch,
+            valid: findings.errors.is_empty(),
+            rows,
+            files,
+            bytes,
+            errors: findings.errors,
+            warnings: findings.warnings,
+            references: BTreeMap::new(),
+        }
     }
 }
 

@@ -4,6 +4,9 @@ use super::{Problem, Report};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+/// A row is named by its customerInternalReference too, cut to this length.
+const REFERENCE_SHOWN_CHARS: usize = 40;
+
 pub fn render_text(report: &Report) -> String {
     let mut text = String::new();
     let verdict = if report.valid { "valid" } else { "INVALID" };
@@ -26,9 +29,16 @@ pub fn render_text(report: &Report) -> String {
     for (row, problems) in groups {
         match row {
             None => text.push_str("batch:\n"),
-            Some(row) => {
-                let _ = writeln!(text, "row {row}:");
-            }
+            Some(row) => match report.references.get(&row) {
+                Some(reference) => {
+                    let shown: String = reference.chars().take(REFERENCE_SHOWN_CHARS).collect();
+                    let more = if reference.chars().count() > REFERENCE_SHOWN_CHARS { "…" } else { "" };
+                    let _ = writeln!(text, "row {row} ({shown}{more}):");
+                }
+                None => {
+                    let _ = writeln!(text, "row {row}:");
+                }
+            },
         }
         for (kind, p) in problems {
             let column = p.column.as_deref().map(|c| format!(" {c}:")).unwrap_or_default();
