@@ -56,14 +56,15 @@ pub async fn admit(store: &Store, dir: &Path, checked: &Validated) -> Result<Bat
     let source = source_path(dir);
     let key = fingerprint::content_key(dir, &checked.files).unwrap_or_default();
     if let Some(record) = store.find_unfinished(&source, &key).await? {
-        let to_validate = matches!(record.state, State::Discovered | State::Failed);
-        if to_validate && checked.report.valid {
-            if let Some(moved) = store.transition(record.id, record.state, State::Validated, Change::default()).await? {
-                return Ok(moved);
+        match record.state {
+            State::Discovered | State::Failed if checked.report.valid => {
+                if let Some(moved) = store.transition(record.id, record.state, State::Validated, Change::default()).await? {
+                    return Ok(moved);
+                }
             }
-        }
-        if !to_validate {
-            return Ok(record);
+            // Invalid now: recorded anew below, as rejected.
+            State::Discovered | State::Failed => {}
+            _ => return Ok(record),
         }
     }
     let report = &checked.report;

@@ -148,6 +148,9 @@ fn fifty_batches_dropped_at_once_are_each_shipped_exactly_once() {
 fn sigterm_during_an_upload_stops_cleanly_and_a_restart_completes_it_exactly_once() {
     let server = TestServer::start();
     let drops = Drops::new(&server, MARKER_MODE);
+    // One session: at most the file in flight completes after SIGTERM, whatever the machine's load.
+    let text = std::fs::read_to_string(&drops.config).unwrap().replace("connections = 4", "connections = 1");
+    std::fs::write(&drops.config, text).unwrap();
     let batch = drops.stage("big");
     let mut csv = format!("{}\n", "workflowDefinitionKey,customerInternalReference,frontImage");
     for i in 0..24 {
@@ -159,7 +162,7 @@ fn sigterm_during_an_upload_stops_cleanly_and_a_restart_completes_it_exactly_onc
     let mut daemon = drops.spawn(&[]);
     drops.drop_in(&batch, true);
     let deadline = std::time::Instant::now() + WAIT;
-    while dir_bytes(&server.home()) < 8_000_000 {
+    while dir_bytes(&server.home()) < 5_000_000 {
         assert!(std::time::Instant::now() < deadline, "upload never started: {}", daemon.log_text());
         std::thread::sleep(Duration::from_millis(2));
     }

@@ -31,11 +31,13 @@ pub async fn run(config: Option<&Path>, dir: &Path, json: bool, allow_duplicate:
         return Ok(EXIT_INVALID);
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let stopped = Arc::new(tokio::sync::Notify::new());
     let shutdown = super::run::shutdown_signal()?;
-    let on_signal = stop.clone();
+    let (on_signal, notify) = (stop.clone(), stopped.clone());
     tokio::spawn(async move {
         shutdown.await;
         on_signal.store(true, Ordering::SeqCst);
+        notify.notify_one();
     });
     let shipper = Shipper { store: &store, sftp, retry: &loaded.config.retry, stop: stop.clone() };
     let mut record = record;
@@ -72,7 +74,7 @@ pub async fn run(config: Option<&Path>, dir: &Path, json: bool, allow_duplicate:
                 );
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = wait_for_stop(&stop) => {
+                    _ = stopped.notified() => {
                         eprintln!("{}: stopped while waiting to retry; run the same command again to resume", waiting.name);
                         return Ok(EXIT_USAGE);
                     }
@@ -80,12 +82,6 @@ pub async fn run(config: Option<&Path>, dir: &Path, json: bool, allow_duplicate:
                 record = waiting;
             }
         }
-    }
-}
-
-async fn wait_for_stop(stop: &AtomicBool) {
-    while !stop.load(Ordering::SeqCst) {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 

@@ -239,9 +239,9 @@ pub async fn run(loaded: &Loaded, shutdown: impl Future<Output = ()>, once: bool
     let poll = Duration::from_secs(loaded.config.watch.poll_secs);
     let heartbeat = systemd::Heartbeat::default();
     heartbeat.beat();
+    systemd::ready();
     // The loop wakes at least every poll interval; three missed wakes mean it is stuck.
     tokio::spawn(systemd::watchdog(heartbeat.clone(), poll * 3 + Duration::from_secs(30)));
-    systemd::ready();
     tracing::info!(inbox = %paths.inbox.display(), ready = ?loaded.config.watch.ready, events = watch.is_active(), "jumio-batchd running");
     let mut last_status = String::new();
     if once && loaded.config.watch.ready == Readiness::Settle {
@@ -305,8 +305,8 @@ async fn process(ctx: &Context, dir: &Path) -> anyhow::Result<()> {
     let path = dir.to_path_buf();
     let checked = tokio::task::spawn_blocking(move || validate::validate(&path, Some(&marker))).await??;
     if let Some(record) = ctx.store.latest_for_source(&deliver::source_path(dir)).await? {
-        if let Some(done) = file_finished(ctx, dir, &record, &checked.report).await? {
-            return Ok(done);
+        if file_finished(ctx, dir, &record, &checked.report).await? {
+            return Ok(());
         }
     }
     let record = deliver::admit(&ctx.store, dir, &checked).await?;
@@ -339,13 +339,9 @@ async fn process(ctx: &Context, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A batch whose outcome was recorded but not yet filed (a crash in between): file it now.
-async fn file_finished(
-    ctx: &Context,
-    dir: &Path,
-    record: &crate::store::BatchRecord,
-    report: &validate::Report,
-) -> anyhow::Result<Option<()>> {
+/// A batch whose outcome was recorded but not yet filed (a crash in between): files it now and
+/// returns true; false when the batch is still to be shipped.
+async fn file_finished(ctx: &Context, dir: &Path, record: &crate::store::BatchRecord, report: &validate::Report) -> anyhow::Result<bool> {
     let to = match record.state {
         State::Submitted => {
             let files = ctx.store.files(record.id).await?;
@@ -365,11 +361,11 @@ async fn file_finished(
             outcome::file_duplicate(dir, &ctx.paths.rejected, report, record.last_error.as_deref().unwrap_or_default())?
         }
         State::Rejected => outcome::file_rejected(dir, &ctx.paths.rejected, report)?,
-        _ => return Ok(None),
+        _ => return Ok(false),
     };
     ctx.store.set_filed_path(record.id, &to.display().to_string()).await?;
     tracing::info!(batch = %record.name, id = record.id, state = %record.state, "filed after a restart");
-    Ok(Some(()))
+    Ok(true)
 }
 
 fn file_name(path: &Path) -> String {
