@@ -126,7 +126,7 @@ fn killed_at_any_instant_the_batch_still_lands_exactly_once() {
         ("between_files_1", Instant_::Failpoint("after_file:1")),
         ("mid_file_55mb", Instant_::BytesOnServer(55_000_000)),
         ("between_files_20", Instant_::Failpoint("after_file:20")),
-        ("mid_file_90mb", Instant_::BytesOnServer(90_000_000)),
+        ("mid_file_80mb", Instant_::BytesOnServer(80_000_000)),
         ("just_before_done", Instant_::Failpoint("before_done")),
         ("just_after_done", Instant_::Failpoint("after_done")),
     ];
