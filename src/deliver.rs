@@ -238,15 +238,7 @@ impl Shipper<'_> {
             ..Change::default()
         };
         let moved = self.store.transition(record.id, State::Uploading, State::Submitted, change).await?.unwrap_or(record);
-        let receipt = Receipt {
-            batch: moved.name.clone(),
-            remote_dir: shipment.remote_dir,
-            rows: moved.rows as usize,
-            files: moved.files as usize,
-            bytes: moved.bytes as u64,
-            seconds: started.elapsed().as_secs_f64(),
-            files_sha256: shipment.files_sha256,
-        };
+        let receipt = Receipt::of(&moved, shipment.remote_dir, shipment.files_sha256, started.elapsed().as_secs_f64());
         Ok(Outcome::Submitted { record: moved, receipt })
     }
 }

@@ -1,6 +1,7 @@
 //! Named instants where tests stop the process to kill it there (crash tests). Off unless
 //! `JUMIO_BATCHD_FAILPOINT` names the point (`before_done`, or `after_file:3` for the 3rd file);
-//! then the process says so on stderr and waits to be killed.
+//! then the process says so on stderr and waits to be killed. `after_file~200` instead slows
+//! every file by 200 ms, so a test's signal surely lands mid-batch.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -22,6 +23,11 @@ pub fn hit(name: &str) {
 /// Counts hits of `name`; pauses forever at the configured count (`name:N`).
 pub fn hit_counted(name: &str) {
     static COUNT: AtomicUsize = AtomicUsize::new(0);
+    let delay = configured().and_then(|c| c.strip_prefix(name)).and_then(|r| r.strip_prefix('~')).and_then(|ms| ms.parse().ok());
+    if let Some(ms) = delay {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        return;
+    }
     let Some((point, n)) = configured().and_then(|c| c.split_once(':')) else { return };
     if point == name && n.parse::<usize>().ok() == Some(COUNT.fetch_add(1, Ordering::SeqCst) + 1) {
         pause(configured().unwrap_or(name));

@@ -18,3 +18,18 @@ pub struct Receipt {
     /// sha256 of every shipped file, input.csv included, by path inside the batch.
     pub files_sha256: BTreeMap<String, String>,
 }
+
+impl Receipt {
+    /// The receipt of a submitted batch, from its record and the sha256 of its files.
+    pub fn of(record: &crate::store::BatchRecord, remote_dir: String, files_sha256: BTreeMap<String, String>, seconds: f64) -> Receipt {
+        Receipt {
+            batch: record.name.clone(),
+            remote_dir,
+            rows: record.rows as usize,
+            files: record.files as usize,
+            bytes: record.bytes as u64,
+            seconds,
+            files_sha256,
+        }
+    }
+}

@@ -148,7 +148,7 @@ fn fifty_batches_dropped_at_once_are_each_shipped_exactly_once() {
 fn sigterm_during_an_upload_stops_cleanly_and_a_restart_completes_it_exactly_once() {
     let server = TestServer::start();
     let drops = Drops::new(&server, MARKER_MODE);
-    // One session: at most the file in flight completes after SIGTERM, whatever the machine's load.
+    // One session, slowed by 150 ms per file: SIGTERM lands mid-batch whatever the machine's load.
     let text = std::fs::read_to_string(&drops.config).unwrap().replace("connections = 4", "connections = 1");
     std::fs::write(&drops.config, text).unwrap();
     let batch = drops.stage("big");
@@ -159,7 +159,7 @@ fn sigterm_during_an_upload_stops_cleanly_and_a_restart_completes_it_exactly_onc
     }
     let batch = batch.csv(&csv);
     let files = tree(&batch.dir);
-    let mut daemon = drops.spawn(&[]);
+    let mut daemon = drops.spawn_with_env(&[], &[(jumio_batchd::failpoint::ENV, "after_file~150")]);
     drops.drop_in(&batch, true);
     let deadline = std::time::Instant::now() + WAIT;
     while dir_bytes(&server.home()) < 5_000_000 {

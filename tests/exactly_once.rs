@@ -14,6 +14,8 @@ use support::fixtures::{self, Batch};
 use support::sshd::{dir_bytes, tree, with_done, TestServer};
 
 const ROWS: usize = 12;
+/// Slows each file by 50 ms, so a server killed after some megabytes dies mid-batch under any load.
+const SLOW: &str = "after_file~50";
 const IMAGE_BYTES: usize = 2_800_000;
 
 /// About 100 MB: ROWS rows, three incompressible images each.
@@ -153,7 +155,7 @@ fn sshd_stopped_mid_batch_and_restarted_later_the_batch_completes_after_retries(
     let mut server = TestServer::start();
     let batch = big_batch();
     let config = server.write_config_file(&[("max_attempts = 3", "max_attempts = 8")]);
-    let mut child = send(&config, &batch, None);
+    let mut child = send(&config, &batch, Some(SLOW));
     let lines = stderr_lines(&mut child);
     let deadline = Instant::now() + Duration::from_secs(60);
     while dir_bytes(&server.home()) < 30_000_000 && Instant::now() < deadline {
@@ -224,7 +226,7 @@ fn sending_a_failed_batch_again_resumes_into_its_own_folder() {
     let mut server = TestServer::start();
     let batch = big_batch();
     let config = server.write_config_file(&[("max_attempts = 3", "max_attempts = 1")]);
-    let child = send(&config, &batch, None);
+    let child = send(&config, &batch, Some(SLOW));
     let deadline = Instant::now() + Duration::from_secs(60);
     while dir_bytes(&server.home()) < 20_000_000 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));

@@ -170,6 +170,8 @@ fn server_killed_mid_upload_leaves_no_done_and_says_why() {
         .arg(&config)
         .arg("send")
         .arg(&batch.dir)
+        // 50 ms per file: the server dies mid-batch however loaded the machine is.
+        .env(jumio_batchd::failpoint::ENV, "after_file~50")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -7,15 +7,25 @@ use std::path::{Path, PathBuf};
 
 /// Renames `src` to `dest_dir/name`, or `name-2`, `name-3`, ... if taken. Never overwrites.
 pub fn move_unique(src: &Path, dest_dir: &Path, name: &str) -> std::io::Result<PathBuf> {
+    first_free(dest_dir, name, |candidate| rename_no_replace(src, candidate))
+}
+
+/// Creates the folder `parent/name`, or `name-2`, ... if taken.
+pub fn create_unique_dir(parent: &Path, name: &str) -> std::io::Result<PathBuf> {
+    first_free(parent, name, |candidate| std::fs::create_dir(candidate))
+}
+
+/// Tries `take` on `name`, `name-2`, `name-3`, ... until one is not AlreadyExists.
+fn first_free(dir: &Path, name: &str, mut take: impl FnMut(&Path) -> std::io::Result<()>) -> std::io::Result<PathBuf> {
     for n in 1..10_000 {
-        let candidate = if n == 1 { dest_dir.join(name) } else { dest_dir.join(format!("{name}-{n}")) };
-        match rename_no_replace(src, &candidate) {
+        let candidate = if n == 1 { dir.join(name) } else { dir.join(format!("{name}-{n}")) };
+        match take(&candidate) {
             Ok(()) => return Ok(candidate),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         }
     }
-    Err(std::io::Error::other(format!("no free name for {name} in {}", dest_dir.display())))
+    Err(std::io::Error::other(format!("no free name for {name} in {}", dir.display())))
 }
 
 /// rename(2) that fails with AlreadyExists instead of replacing (renameat2 RENAME_NOREPLACE;

@@ -345,15 +345,8 @@ async fn file_finished(ctx: &Context, dir: &Path, record: &crate::store::BatchRe
     let to = match record.state {
         State::Submitted => {
             let files = ctx.store.files(record.id).await?;
-            let receipt = crate::receipt::Receipt {
-                batch: record.name.clone(),
-                remote_dir: record.remote_dir.clone().unwrap_or_default(),
-                rows: record.rows as usize,
-                files: record.files as usize,
-                bytes: record.bytes as u64,
-                seconds: 0.0,
-                files_sha256: files.into_iter().filter_map(|(path, _, sha, _)| sha.map(|s| (path, s))).collect(),
-            };
+            let hashes = files.into_iter().filter_map(|(path, _, sha, _)| sha.map(|s| (path, s))).collect();
+            let receipt = crate::receipt::Receipt::of(record, record.remote_dir.clone().unwrap_or_default(), hashes, 0.0);
             outcome::file_done(dir, &ctx.paths.done, record, &receipt)?
         }
         State::Failed => outcome::file_failed(dir, &ctx.paths.failed, record)?,

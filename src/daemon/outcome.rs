@@ -2,7 +2,7 @@
 //! rejected/, the reason and the way back in failed/. Reports are written into the batch folder
 //! before it moves, so they arrive with it.
 
-use super::claim::move_unique;
+use super::claim::{create_unique_dir, move_unique};
 use crate::receipt::Receipt;
 use crate::store::BatchRecord;
 use crate::validate::{render_text, Report};
@@ -99,7 +99,7 @@ pub fn file_failed(dir: &Path, failed: &Path, record: &BatchRecord) -> std::io::
 /// A loose file in the inbox root: batches are folders.
 pub fn file_loose(file: &Path, rejected: &Path) -> std::io::Result<PathBuf> {
     let name = folder_name(file);
-    let holder = move_unique_dir(rejected, &name)?;
+    let holder = create_unique_dir(rejected, &name)?;
     std::fs::rename(file, holder.join(&name))?;
     let text = format!(
         "\"{name}\" was dropped into the inbox as a single file, but a batch must be a folder holding\n\
@@ -109,18 +109,6 @@ pub fn file_loose(file: &Path, rejected: &Path) -> std::io::Result<PathBuf> {
     );
     write(&holder, REJECTED_FILE, &text)?;
     Ok(holder)
-}
-
-fn move_unique_dir(parent: &Path, name: &str) -> std::io::Result<PathBuf> {
-    for n in 1..10_000 {
-        let candidate = if n == 1 { parent.join(name) } else { parent.join(format!("{name}-{n}")) };
-        match std::fs::create_dir(&candidate) {
-            Ok(()) => return Ok(candidate),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(std::io::Error::other("no free name"))
 }
 
 fn folder_name(dir: &Path) -> String {

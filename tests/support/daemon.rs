@@ -59,6 +59,10 @@ impl Drops {
     }
 
     pub fn spawn(&self, args: &[&str]) -> Daemon {
+        self.spawn_with_env(args, &[])
+    }
+
+    pub fn spawn_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let log = self
             .root
             .path()
@@ -70,6 +74,7 @@ impl Drops {
             .arg("run")
             .args(args)
             .env("RUST_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .stdin(Stdio::null())
