@@ -108,7 +108,7 @@ impl Daemon {
         for dir in dirs {
             if self.running.contains(&dir)
                 || self.running.len() >= self.ctx.watch.max_parallel_batches
-                || inbox::is_ignored(&file_name(&dir))
+                || inbox::is_ignored(&outcome::folder_name(&dir))
             {
                 continue;
             }
@@ -171,7 +171,7 @@ impl Daemon {
             }
             match claim::move_unique(&src, &paths.work, &entry.name) {
                 Ok(dir) => {
-                    tracing::info!(batch = %file_name(&dir), "claimed from the inbox");
+                    tracing::info!(batch = %outcome::folder_name(&dir), "claimed from the inbox");
                     step.claimed += 1;
                     self.spawn(dir);
                 }
@@ -185,7 +185,7 @@ impl Daemon {
         let ctx = self.ctx.clone();
         self.tasks.spawn(async move {
             if let Err(e) = process(&ctx, &dir).await {
-                tracing::error!(batch = %file_name(&dir), "{e:#}");
+                tracing::error!(batch = %outcome::folder_name(&dir), "{e:#}");
             }
             dir
         });
@@ -359,8 +359,4 @@ async fn file_finished(ctx: &Context, dir: &Path, record: &crate::store::BatchRe
     ctx.store.set_filed_path(record.id, &to.display().to_string()).await?;
     tracing::info!(batch = %record.name, id = record.id, state = %record.state, "filed after a restart");
     Ok(true)
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }

@@ -111,7 +111,8 @@ pub fn file_loose(file: &Path, rejected: &Path) -> std::io::Result<PathBuf> {
     Ok(holder)
 }
 
-fn folder_name(dir: &Path) -> String {
+/// The last component of a drop-folder path, as shown in logs and used for destination names.
+pub(super) fn folder_name(dir: &Path) -> String {
     dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "batch".into())
 }
 

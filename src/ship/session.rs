@@ -169,8 +169,9 @@ fn key_type_name(key_type: HostKeyType) -> &'static str {
 
 fn authenticate(cfg: &SftpConfig, addr: String, session: Session) -> Result<Connection, ShipError> {
     if let Err(e) = session.userauth_pubkey_file(&cfg.user, None, &cfg.private_key, None) {
-        return Err(match e.code() {
-            ssh2::ErrorCode::Session(-9) => ShipError::from_ssh(e, "authentication at", &addr, &addr, cfg.timeout_secs),
+        // A timeout stays a (transient) timeout; any other failure is a refusal.
+        return Err(match ShipError::from_ssh(e, "authentication at", &addr, &addr, cfg.timeout_secs) {
+            timeout @ ShipError::Timeout { .. } => timeout,
             _ => ShipError::AuthRefused { addr, user: cfg.user.clone(), key: cfg.private_key.clone() },
         });
     }
