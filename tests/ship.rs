@@ -100,6 +100,36 @@ fn many_files_over_several_sessions_arrive_complete() {
     assert_eq!(sessions, 3, "three sessions shared the work");
 }
 
+/// Our libssh2 encrypts a whole packet per call in CTR mode (vendor/README.md). Whatever cipher
+/// and MAC a server insists on, the batch must arrive intact: the server checks every packet's
+/// MAC and would drop the connection at the first wrong byte. Offered everything, the server
+/// gets the cheapest strong pair.
+#[test]
+fn every_cipher_and_mac_a_server_may_insist_on_carries_the_batch_intact() {
+    let batch = Batch::valid("b", 2);
+    // 2 MB and 3 bytes: many full packets and a short last one.
+    batch.file_ref("big/odd.png", &[fixtures::png(8, 8), fixtures::noise(2_000_003, 7)].concat());
+    let csv = std::fs::read_to_string(batch.path("input.csv")).unwrap() + "10015,ref-big,big/odd.png,,,,,,,,,,,,,\n";
+    let batch = batch.csv(&csv);
+    let cases = [
+        ("", "aes128-ctr", "hmac-sha2-256-etm@openssh.com"),
+        ("Ciphers aes256-ctr\nMACs hmac-sha2-512-etm@openssh.com\n", "aes256-ctr", "hmac-sha2-512-etm@openssh.com"),
+        ("Ciphers aes192-ctr\nMACs hmac-sha2-256\n", "aes192-ctr", "hmac-sha2-256"),
+        ("Ciphers aes128-ctr\nMACs hmac-sha2-512\n", "aes128-ctr", "hmac-sha2-512"),
+        ("Ciphers aes256-gcm@openssh.com\n", "aes256-gcm@openssh.com", "<implicit>"),
+        ("Ciphers chacha20-poly1305@openssh.com\n", "chacha20-poly1305@openssh.com", "<implicit>"),
+    ];
+    for (server_config, cipher, mac) in cases {
+        let server = TestServer::start_configured(&format!("{server_config}LogLevel DEBUG\n"));
+        let (code, _, stderr) = send(&server, &batch, &[]);
+        assert_eq!(code, 0, "{cipher} {mac}: {stderr}");
+        let folders = server.remote_folders();
+        assert_eq!(tree(&server.home().join(&folders[0])), expected_tree(&batch), "{cipher} {mac}");
+        let negotiated = format!("kex: client->server cipher: {cipher} MAC: {mac} ");
+        assert!(server.log().contains(&negotiated), "expected {negotiated:?} in the server log");
+    }
+}
+
 #[test]
 fn an_unknown_host_key_is_refused_before_anything_is_created() {
     let server = TestServer::start();

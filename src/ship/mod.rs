@@ -2,6 +2,7 @@
 //! **Invariant:** only this module knows ssh2.
 
 mod error;
+mod quickack;
 mod session;
 mod upload;
 

@@ -16,21 +16,28 @@ pub struct TestServer {
     pub port: u16,
     child: Option<Child>,
     logged: bool,
+    /// sshd_config lines placed before ours (sshd keeps the first value of a keyword).
+    extra_config: String,
 }
 
 impl TestServer {
     /// The server with `Subsystem sftp internal-sftp`.
     pub fn start() -> TestServer {
-        TestServer::start_with(false)
+        TestServer::start_with(false, "")
+    }
+
+    /// The server with these sshd_config lines taking precedence, e.g. `Ciphers aes256-ctr`.
+    pub fn start_configured(extra_config: &str) -> TestServer {
+        TestServer::start_with(false, extra_config)
     }
 
     /// The server running OpenSSH's sftp-server with every open and close logged to a file, in
     /// the order the server handled them (see `closed_in_order`).
     pub fn start_logged() -> TestServer {
-        TestServer::start_with(true)
+        TestServer::start_with(true, "")
     }
 
-    fn start_with(logged: bool) -> TestServer {
+    fn start_with(logged: bool, extra_config: &str) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_path_buf();
         keygen(&d.join("host_ed25519"), "ed25519");
@@ -40,7 +47,7 @@ impl TestServer {
         if is_root() {
             let _ = std::fs::create_dir_all("/run/sshd");
         }
-        let mut server = TestServer { dir, port: 0, child: None, logged };
+        let mut server = TestServer { dir, port: 0, child: None, logged, extra_config: extra_config.to_owned() };
         server.restart();
         let known = format!("[127.0.0.1]:{} {}", server.port, std::fs::read_to_string(d.join("host_ed25519.pub")).unwrap());
         std::fs::write(d.join("known_hosts"), known).unwrap();
@@ -88,10 +95,11 @@ impl TestServer {
             format!("internal-sftp -d {}/home", d.display())
         };
         let text = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys\n\
+            "{extra}Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys\n\
              UsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
              AuthenticationMethods publickey\nPermitRootLogin prohibit-password\nMaxStartups 200\nMaxSessions 100\nLogLevel INFO\n\
              Subsystem sftp {subsystem}\n",
+            extra = self.extra_config,
             port = self.port,
             d = d.display()
         );
