@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 /// libssh2 splits a write call into 30,000-byte SFTP packets and keeps them all in flight, but
 /// waits for every ack before the call returns: calls must be large to fill the pipe.
@@ -51,18 +51,34 @@ pub fn ship(
     progress: &Progress,
     stop: &AtomicBool,
 ) -> Result<Shipment, ShipError> {
-    let main = Connection::open(cfg)?;
     let folder = remote_join(&cfg.remote_dir, uuid);
-    failpoint::hit("before_mkdir");
-    let present = remote_files(&main, &folder)?;
-    if present.contains_key(DONE_FILE) {
+    let crew = Crew::new(root, &folder, progress, stop);
+    // Every session opens at once: a handshake is several round trips, which helpers opened
+    // only once the folder exists would add to every batch.
+    let helpers = cfg.connections.min(files.len()).max(1) - 1;
+    let lead = std::thread::scope(|scope| {
+        let helping: Vec<_> = (0..helpers).map(|_| scope.spawn(|| crew.help(cfg))).collect();
+        let lead = {
+            let _release = Release(&crew);
+            lead(cfg, files, &crew)
+        };
+        let helped: Vec<Result<(), ShipError>> = helping
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(ShipError::Ssh { what: "upload".into(), message: "worker panicked".into() })))
+            .collect();
+        // The first real error: the lead's, then the helpers'.
+        let lead = lead?;
+        helped.into_iter().collect::<Result<(), ShipError>>()?;
+        Ok(lead)
+    })?;
+    let Lead::Uploaded { main, kept, uploaded } = lead else {
         let files_sha256 = hash_local(root, files)?;
         return Ok(Shipment { remote_dir: folder, files_sha256, uploaded: 0, already_submitted: true });
+    };
+    let mut files_sha256 = crew.hashes.into_inner().unwrap_or_else(|p| p.into_inner());
+    if files_sha256.len() < uploaded && stop.load(Ordering::SeqCst) {
+        return Err(ShipError::Interrupted);
     }
-    make_dirs(&main, &folder, files, &present)?;
-    let (kept, mut todo): (Vec<&BatchFile>, Vec<&BatchFile>) = files.iter().partition(|f| present.get(&f.path) == Some(&f.size));
-    todo.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
-    let mut files_sha256 = upload_all(cfg, &main, root, &folder, &todo, progress, stop)?;
     let kept: Vec<BatchFile> = kept.into_iter().cloned().collect();
     files_sha256.extend(hash_local(root, &kept)?);
     if stop.load(Ordering::SeqCst) {
@@ -72,7 +88,99 @@ pub fn ship(
     failpoint::hit("before_done");
     write_done(&main, &folder)?;
     failpoint::hit("after_done");
-    Ok(Shipment { remote_dir: folder, files_sha256, uploaded: todo.len(), already_submitted: false })
+    Ok(Shipment { remote_dir: folder, files_sha256, uploaded, already_submitted: false })
+}
+
+/// What the lead session found and did before DONE.
+enum Lead<'a> {
+    /// DONE was on the server already.
+    Submitted,
+    Uploaded {
+        main: Connection,
+        kept: Vec<&'a BatchFile>,
+        uploaded: usize,
+    },
+}
+
+/// The lead session: creates or lists the folder, hands out the files still missing (largest
+/// first) and uploads its share.
+fn lead<'a>(cfg: &SftpConfig, files: &'a [BatchFile], crew: &Crew<'a>) -> Result<Lead<'a>, ShipError> {
+    let main = Connection::open(cfg)?;
+    failpoint::hit("before_mkdir");
+    let present = remote_files(&main, crew.folder)?;
+    if present.contains_key(DONE_FILE) {
+        return Ok(Lead::Submitted);
+    }
+    make_dirs(&main, crew.folder, files, &present)?;
+    let (kept, mut todo): (Vec<&BatchFile>, Vec<&BatchFile>) = files.iter().partition(|f| present.get(&f.path) == Some(&f.size));
+    todo.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
+    let uploaded = todo.len();
+    let _ = crew.todo.set(todo);
+    crew.work(&main)?;
+    Ok(Lead::Uploaded { main, kept, uploaded })
+}
+
+/// The sessions of one shipment and the files they share.
+struct Crew<'a> {
+    root: &'a Path,
+    folder: &'a str,
+    progress: &'a Progress,
+    stop: &'a AtomicBool,
+    /// The files to upload, set once by the lead; empty when it ended before handing any out.
+    todo: OnceLock<Vec<&'a BatchFile>>,
+    next: AtomicUsize,
+    failed: AtomicBool,
+    hashes: Mutex<BTreeMap<String, String>>,
+}
+
+/// Releases the helpers however the lead ends, so none waits forever for work.
+struct Release<'c, 'a>(&'c Crew<'a>);
+
+impl Drop for Release<'_, '_> {
+    fn drop(&mut self) {
+        let _ = self.0.todo.set(Vec::new());
+    }
+}
+
+impl<'a> Crew<'a> {
+    fn new(root: &'a Path, folder: &'a str, progress: &'a Progress, stop: &'a AtomicBool) -> Crew<'a> {
+        Crew {
+            root,
+            folder,
+            progress,
+            stop,
+            todo: OnceLock::new(),
+            next: AtomicUsize::new(0),
+            failed: AtomicBool::new(false),
+            hashes: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// A helper session: opens while the lead prepares the folder, then takes files as they come.
+    fn help(&self, cfg: &SftpConfig) -> Result<(), ShipError> {
+        let opened = Connection::open(cfg);
+        if self.todo.wait().is_empty() {
+            return Ok(());
+        }
+        let conn = opened.inspect_err(|_| self.failed.store(true, Ordering::SeqCst))?;
+        self.work(&conn)
+    }
+
+    /// Takes the next file until none is left, another session failed, or a stop was asked.
+    fn work(&self, conn: &Connection) -> Result<(), ShipError> {
+        let todo = self.todo.get().map(Vec::as_slice).unwrap_or_default();
+        let mut buffer = Vec::new();
+        loop {
+            if self.failed.load(Ordering::SeqCst) || self.stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let Some(file) = todo.get(self.next.fetch_add(1, Ordering::SeqCst)) else { return Ok(()) };
+            let sha = upload_file(conn, self.root, self.folder, file, &mut buffer, self.progress)
+                .inspect_err(|_| self.failed.store(true, Ordering::SeqCst))?;
+            self.hashes.lock().unwrap_or_else(|p| p.into_inner()).insert(file.path.clone(), sha);
+            failpoint::hit_counted("after_file");
+        }
+    }
 }
 
 pub fn remote_join(base: &str, rel: &str) -> String {
@@ -133,59 +241,6 @@ fn make_dirs(conn: &Connection, folder: &str, files: &[BatchFile], present: &BTr
         }
     }
     Ok(())
-}
-
-/// Spreads `todo` (largest first) over up to `cfg.connections` sessions, `main` among them.
-fn upload_all(
-    cfg: &SftpConfig,
-    main: &Connection,
-    root: &Path,
-    folder: &str,
-    todo: &[&BatchFile],
-    progress: &Progress,
-    stop: &AtomicBool,
-) -> Result<BTreeMap<String, String>, ShipError> {
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let hashes = Mutex::new(BTreeMap::new());
-    let sessions = cfg.connections.min(todo.len()).max(1);
-    let worker = |conn: &Connection| -> Result<(), ShipError> {
-        let mut buffer = Vec::new();
-        loop {
-            if failed.load(Ordering::SeqCst) || stop.load(Ordering::SeqCst) {
-                return Ok(());
-            }
-            let Some(file) = todo.get(next.fetch_add(1, Ordering::SeqCst)) else { return Ok(()) };
-            let sha = upload_file(conn, root, folder, file, &mut buffer, progress).inspect_err(|_| failed.store(true, Ordering::SeqCst))?;
-            hashes.lock().unwrap_or_else(|p| p.into_inner()).insert(file.path.clone(), sha);
-            failpoint::hit_counted("after_file");
-        }
-    };
-    let results: Vec<Result<(), ShipError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (1..sessions)
-            .map(|_| {
-                scope.spawn(|| {
-                    let conn = Connection::open(cfg).inspect_err(|_| failed.store(true, Ordering::SeqCst))?;
-                    worker(&conn)
-                })
-            })
-            .collect();
-        let mut results = vec![worker(main)];
-        results.extend(
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err(ShipError::Ssh { what: "upload".into(), message: "worker panicked".into() }))),
-        );
-        results
-    });
-    // Report the first real error; `Interrupted` only when nothing else went wrong.
-    for result in results {
-        result?;
-    }
-    if hashes.lock().unwrap_or_else(|p| p.into_inner()).len() < todo.len() && stop.load(Ordering::SeqCst) {
-        return Err(ShipError::Interrupted);
-    }
-    Ok(hashes.into_inner().unwrap_or_else(|p| p.into_inner()))
 }
 
 /// Streams one file, hashing what it sends. Its size on the server is checked before DONE.
