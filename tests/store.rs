@@ -9,6 +9,13 @@ fn files() -> Vec<BatchFile> {
     vec![BatchFile { path: "input.csv".into(), size: 10 }, BatchFile { path: "img/a.png".into(), size: 20 }]
 }
 
+/// A new store in its own temp dir (kept alive by the returned guard).
+async fn fresh_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state.db")).await.unwrap();
+    (dir, store)
+}
+
 async fn insert(store: &Store, name: &str, key: &str) -> i64 {
     let files = files();
     let new =
@@ -18,8 +25,7 @@ async fn insert(store: &Store, name: &str, key: &str) -> i64 {
 
 #[tokio::test]
 async fn a_batch_walks_the_lifecycle_and_every_step_is_in_the_audit_trail() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("state.db")).await.unwrap();
+    let (_dir, store) = fresh_store().await;
     let id = insert(&store, "b1", "k1").await;
     let r = store.transition(id, State::Discovered, State::Validated, Change::default()).await.unwrap().unwrap();
     assert_eq!(r.state, State::Validated);
@@ -56,8 +62,7 @@ async fn a_batch_walks_the_lifecycle_and_every_step_is_in_the_audit_trail() {
 
 #[tokio::test]
 async fn a_transition_from_the_wrong_state_does_nothing_and_an_illegal_one_is_an_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("state.db")).await.unwrap();
+    let (_dir, store) = fresh_store().await;
     let id = insert(&store, "b1", "k1").await;
     assert!(store.transition(id, State::Validated, State::Uploading, Change::default()).await.unwrap().is_none());
     let err = store.transition(id, State::Discovered, State::Submitted, Change::default()).await.unwrap_err();
@@ -68,8 +73,7 @@ async fn a_transition_from_the_wrong_state_does_nothing_and_an_illegal_one_is_an
 
 #[tokio::test]
 async fn two_batches_with_the_same_content_cannot_both_start_uploading() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("state.db")).await.unwrap();
+    let (_dir, store) = fresh_store().await;
     let a = insert(&store, "a", "same").await;
     let b = insert(&store, "b", "same").await;
     for id in [a, b] {
@@ -85,8 +89,7 @@ async fn two_batches_with_the_same_content_cannot_both_start_uploading() {
 
 #[tokio::test]
 async fn lookups_progress_and_file_hashes() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("state.db")).await.unwrap();
+    let (_dir, store) = fresh_store().await;
     let a = insert(&store, "a", "k1").await;
     let b = insert(&store, "b", "k2").await;
     assert_eq!(store.find("a").await.unwrap().unwrap().id, a);

@@ -75,10 +75,11 @@ pub fn ship(
         let files_sha256 = hash_local(root, files)?;
         return Ok(Shipment { remote_dir: folder, files_sha256, uploaded: 0, already_submitted: true });
     };
-    let mut files_sha256 = crew.hashes.into_inner().unwrap_or_else(|p| p.into_inner());
-    if files_sha256.len() < uploaded && stop.load(Ordering::SeqCst) {
+    // Stopped: not even the files kept from an earlier attempt are hashed.
+    if stop.load(Ordering::SeqCst) {
         return Err(ShipError::Interrupted);
     }
+    let mut files_sha256 = crew.hashes.into_inner().unwrap_or_else(|p| p.into_inner());
     let kept: Vec<BatchFile> = kept.into_iter().cloned().collect();
     files_sha256.extend(hash_local(root, &kept)?);
     if stop.load(Ordering::SeqCst) {
