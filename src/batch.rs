@@ -9,6 +9,7 @@
 //!  failed ◄────────────────────┘ (and uploading ─► failed on a permanent error)
 //!  failed ─► validated (retry)
 //! ```
+//! A batch whose task panicked, or whose content cannot be read, fails from any unfinished state.
 
 use serde::Serialize;
 
@@ -36,7 +37,9 @@ impl State {
             (self, next),
             (Discovered, Validated)
                 | (Discovered, Rejected)
+                | (Discovered, Failed)
                 | (Validated, Uploading)
+                | (Validated, Failed)
                 | (Validated, Rejected)
                 | (Uploading, Submitted)
                 | (Uploading, RetryWait)
@@ -63,6 +66,22 @@ impl State {
     pub fn is_in_flight(self) -> bool {
         matches!(self, State::Uploading | State::RetryWait)
     }
+
+    /// Submitted, rejected and failed batches are filed; the others are still being worked.
+    pub fn is_finished(self) -> bool {
+        matches!(self, State::Submitted | State::Rejected | State::Failed)
+    }
+}
+
+/// Why a batch was rejected: a typed field of its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// It breaks Jumio's batch rules; the report says where.
+    Invalid,
+    /// The same content was already submitted or is on its way (`duplicate_of` names it).
+    Duplicate,
 }
 
 impl std::fmt::Display for State {
@@ -80,7 +99,9 @@ mod tests {
         let allowed = [
             (Discovered, Validated),
             (Discovered, Rejected),
+            (Discovered, Failed),
             (Validated, Uploading),
+            (Validated, Failed),
             (Validated, Rejected),
             (Uploading, Submitted),
             (Uploading, RetryWait),

@@ -1,7 +1,8 @@
 //! Named instants where tests stop the process to kill it there (crash tests). Off unless
 //! `JUMIO_BATCHD_FAILPOINT` names the point (`before_done`, or `after_file:3` for the 3rd file);
 //! then the process says so on stderr and waits to be killed. `after_file~200` instead slows
-//! every file by 200 ms, so a test's signal surely lands mid-batch.
+//! every file by 200 ms, so a test's signal surely lands mid-batch; `panic:batch_task` panics
+//! inside the first batch task the daemon runs.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -31,6 +32,15 @@ pub fn hit_counted(name: &str) {
     let Some((point, n)) = configured().and_then(|c| c.split_once(':')) else { return };
     if point == name && n.parse::<usize>().ok() == Some(COUNT.fetch_add(1, Ordering::SeqCst) + 1) {
         pause(configured().unwrap_or(name));
+    }
+}
+
+/// Panics the first time `name` is hit when the configured point is `panic:NAME` (a bug
+/// injected into one batch's task; later hits go on normally).
+pub fn panic_once(name: &str) {
+    static FIRED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if configured().and_then(|c| c.strip_prefix("panic:")) == Some(name) && !FIRED.swap(true, Ordering::SeqCst) {
+        panic!("failpoint panic:{name} injected");
     }
 }
 

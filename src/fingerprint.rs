@@ -12,7 +12,7 @@ const HASH_BUFFER_BYTES: usize = 1 << 20;
 
 /// sha256 over input.csv's bytes and each file's path and size.
 pub fn content_key(root: &Path, files: &[BatchFile]) -> std::io::Result<String> {
-    let csv = std::fs::read(root.join(crate::validate::INPUT_CSV)).unwrap_or_default();
+    let csv = std::fs::read(root.join(crate::validate::INPUT_CSV))?;
     let mut hasher = Sha256::new();
     hasher.update(Sha256::digest(&csv));
     for file in sorted(files) {

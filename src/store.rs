@@ -3,7 +3,7 @@
 //! checks the move is allowed, applies it only if the batch is still in the expected state,
 //! appends an event and logs one line, all in one transaction.
 
-use crate::batch::State;
+use crate::batch::{RejectReason, State};
 use crate::validate::BatchFile;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -55,6 +55,9 @@ pub struct BatchRecord {
     pub upload_started_at: Option<DateTime<Utc>>,
     /// Where the daemon moved the folder once finished (done/, rejected/ or failed/).
     pub filed_path: Option<String>,
+    pub reject_reason: Option<RejectReason>,
+    /// The batch this one duplicates (`reject_reason = duplicate`).
+    pub duplicate_of: Option<i64>,
 }
 
 #[derive(Debug, Clone, FromRow, Serialize)]
@@ -66,10 +69,8 @@ pub struct Event {
     pub detail: Option<String>,
 }
 
-/// A batch seen for the first time.
-pub struct NewBatch<'a> {
-    pub name: &'a str,
-    pub source_path: &'a str,
+/// What validation found in a batch folder: its content key, counts and the files to ship.
+pub struct Contents<'a> {
     pub content_key: &'a str,
     pub rows: usize,
     pub files: usize,
@@ -93,6 +94,8 @@ pub struct Change {
     /// Apply only if no other batch with the same content is uploading or waiting to retry
     /// (checked in the same statement, so two identical batches cannot both start).
     pub only_if_content_idle: bool,
+    pub reject_reason: Option<RejectReason>,
+    pub duplicate_of: Option<i64>,
 }
 
 #[derive(Clone)]
@@ -139,38 +142,45 @@ impl Store {
         self.pool.close().await;
     }
 
-    pub async fn insert(&self, new: &NewBatch<'_>) -> Result<BatchRecord, StoreError> {
-        let now = Utc::now();
+    /// A batch seen for the first time by `send`: recorded as discovered with its contents.
+    pub async fn insert(&self, name: &str, source_path: &str, contents: &Contents<'_>) -> Result<BatchRecord, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let record: BatchRecord = sqlx::query_as(
-            "INSERT INTO batches (name, source_path, content_key, state, rows, files, bytes, created_at, updated_at)
-             VALUES (?, ?, ?, 'discovered', ?, ?, ?, ?, ?) RETURNING *",
-        )
-        .bind(new.name)
-        .bind(new.source_path)
-        .bind(new.content_key)
-        .bind(new.rows as i64)
-        .bind(new.files as i64)
-        .bind(new.bytes as i64)
-        .bind(now)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        for chunk in new.file_list.chunks(ROWS_PER_STATEMENT) {
-            let mut insert = sqlx::QueryBuilder::new("INSERT INTO files (batch_id, path, size) ");
-            insert.push_values(chunk, |mut row, file| {
-                row.push_bind(record.id).push_bind(&file.path).push_bind(file.size as i64);
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
-        sqlx::query("INSERT INTO events (batch_id, at, from_state, to_state, attempt) VALUES (?, ?, NULL, 'discovered', 0)")
+        let record = insert_discovered(&mut tx, name, source_path).await?;
+        set_contents(&mut tx, record.id, contents).await?;
+        tx.commit().await?;
+        let record = self.get(record.id).await?.unwrap_or(record);
+        log_transition(&record, None);
+        Ok(record)
+    }
+
+    /// A batch claimed from the inbox: recorded as discovered before its folder moves, at the
+    /// path `folder_for(id)` that carries its id. Its contents are recorded once validated.
+    pub async fn claim(&self, name: &str, folder_for: impl FnOnce(i64) -> String) -> Result<BatchRecord, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let record = insert_discovered(&mut tx, name, "").await?;
+        let record: BatchRecord = sqlx::query_as("UPDATE batches SET source_path = ? WHERE id = ? RETURNING *")
+            .bind(folder_for(record.id))
             .bind(record.id)
-            .bind(now)
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
         tx.commit().await?;
         log_transition(&record, None);
         Ok(record)
+    }
+
+    /// Replaces what is recorded of a batch's contents (validation ran again on its folder).
+    pub async fn record_contents(&self, id: i64, contents: &Contents<'_>) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM files WHERE batch_id = ?").bind(id).execute(&mut *tx).await?;
+        set_contents(&mut tx, id, contents).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Forgets a claim whose folder never reached work/ (pulled back, or a crash in between).
+    pub async fn forget_unclaimed(&self, id: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM batches WHERE id = ? AND state = 'discovered'").bind(id).execute(&self.pool).await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Moves batch `id` from `from` to `to` if it is still in `from`; returns the updated
@@ -192,7 +202,9 @@ impl Store {
                 next_attempt_at = ?7,
                 attempts = attempts + ?8,
                 submitted_at = CASE WHEN ?1 = 'submitted' THEN ?2 ELSE submitted_at END,
-                upload_started_at = CASE WHEN ?1 = 'uploading' THEN ?2 ELSE upload_started_at END
+                upload_started_at = CASE WHEN ?1 = 'uploading' THEN ?2 ELSE upload_started_at END,
+                reject_reason = COALESCE(?13, reject_reason),
+                duplicate_of = COALESCE(?14, duplicate_of)
              WHERE id = ?9 AND state = ?10
                AND (?11 = 0 OR NOT EXISTS (SELECT 1 FROM batches o WHERE o.content_key = batches.content_key
                                            AND o.id != batches.id AND o.state IN ('uploading', 'retry_wait')))
@@ -210,6 +222,8 @@ impl Store {
         .bind(from)
         .bind(i64::from(change.only_if_content_idle))
         .bind(&change.source_path)
+        .bind(change.reject_reason)
+        .bind(change.duplicate_of)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(record) = record else { return Ok(None) };
@@ -254,12 +268,32 @@ impl Store {
         .await?)
     }
 
-    /// The newest batch recorded for this folder.
-    pub async fn latest_for_source(&self, source_path: &str) -> Result<Option<BatchRecord>, StoreError> {
-        Ok(sqlx::query_as("SELECT * FROM batches WHERE source_path = ? ORDER BY id DESC LIMIT 1")
-            .bind(source_path)
-            .fetch_optional(&self.pool)
-            .await?)
+    /// The newest submitted batch from this folder with this content: `send` run again.
+    pub async fn submitted_from(&self, source_path: &str, content_key: &str) -> Result<Option<BatchRecord>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM batches WHERE source_path = ? AND content_key = ? AND state = 'submitted' ORDER BY id DESC LIMIT 1",
+        )
+        .bind(source_path)
+        .bind(content_key)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// The unfinished batch whose folder is `source_path`: a folder left in work/ by a version
+    /// that did not put the record's id into the folder's name.
+    pub async fn unfinished_at(&self, source_path: &str) -> Result<Option<BatchRecord>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT * FROM batches WHERE source_path = ? AND state NOT IN ('submitted', 'rejected', 'failed') ORDER BY id DESC LIMIT 1",
+        )
+        .bind(source_path)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// The folder of a batch moved (a legacy folder adopted into its id-carrying name).
+    pub async fn set_source_path(&self, id: i64, path: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE batches SET source_path = ? WHERE id = ?").bind(path).bind(id).execute(&self.pool).await?;
+        Ok(())
     }
 
     /// Other batches with the same content that are submitted or on their way.
@@ -325,6 +359,16 @@ impl Store {
         Ok(())
     }
 
+    /// sha256 of a submitted batch's files, by path: what its receipt lists.
+    pub async fn shipped_hashes(&self, id: i64) -> Result<BTreeMap<String, String>, StoreError> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT path, sha256 FROM files WHERE batch_id = ? AND sha256 IS NOT NULL ORDER BY path")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().collect())
+    }
+
     /// (path, size, sha256, shipped) of a batch's files.
     pub async fn files(&self, id: i64) -> Result<Vec<(String, i64, Option<String>, bool)>, StoreError> {
         Ok(sqlx::query_as("SELECT path, size, sha256, shipped FROM files WHERE batch_id = ? ORDER BY path")
@@ -332,6 +376,45 @@ impl Store {
             .fetch_all(&self.pool)
             .await?)
     }
+}
+
+async fn insert_discovered(tx: &mut sqlx::SqliteConnection, name: &str, source_path: &str) -> Result<BatchRecord, StoreError> {
+    let now = Utc::now();
+    let record: BatchRecord = sqlx::query_as(
+        "INSERT INTO batches (name, source_path, content_key, state, created_at, updated_at)
+         VALUES (?, ?, '', 'discovered', ?, ?) RETURNING *",
+    )
+    .bind(name)
+    .bind(source_path)
+    .bind(now)
+    .bind(now)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query("INSERT INTO events (batch_id, at, from_state, to_state, attempt) VALUES (?, ?, NULL, 'discovered', 0)")
+        .bind(record.id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    Ok(record)
+}
+
+async fn set_contents(tx: &mut sqlx::SqliteConnection, id: i64, contents: &Contents<'_>) -> Result<(), StoreError> {
+    sqlx::query("UPDATE batches SET content_key = ?, rows = ?, files = ?, bytes = ? WHERE id = ?")
+        .bind(contents.content_key)
+        .bind(contents.rows as i64)
+        .bind(contents.files as i64)
+        .bind(contents.bytes as i64)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    for chunk in contents.file_list.chunks(ROWS_PER_STATEMENT) {
+        let mut insert = sqlx::QueryBuilder::new("INSERT INTO files (batch_id, path, size) ");
+        insert.push_values(chunk, |mut row, file| {
+            row.push_bind(id).push_bind(&file.path).push_bind(file.size as i64);
+        });
+        insert.build().execute(&mut *tx).await?;
+    }
+    Ok(())
 }
 
 /// One INFO line per transition: names, numbers and states only, never personal data.
@@ -342,6 +425,7 @@ fn log_transition(record: &BatchRecord, from: Option<State>) {
         from = from.map(State::as_str).unwrap_or("-"),
         state = %record.state,
         remote_uuid = record.remote_uuid.as_deref().unwrap_or("-"),
+        remote_dir = record.remote_dir.as_deref().unwrap_or("-"),
         attempt = record.attempts,
         error = record.last_error.as_deref().unwrap_or(""),
         "batch {} {}",

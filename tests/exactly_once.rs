@@ -113,6 +113,14 @@ fn kill_at_then_resume(server: &TestServer, batch: &Batch, instant: Instant_, la
     });
     assert_eq!(record.state, State::Submitted, "{label}");
     assert_eq!(record.remote_uuid.as_deref(), Some(folders[0].as_str()), "{label}");
+
+    // A script that loops `send` until exit 0 sees 0 again, and nothing more is sent.
+    let again = send(&config, batch, None).wait_with_output().unwrap();
+    assert_eq!(again.status.code(), Some(0), "{label}: {}", String::from_utf8_lossy(&again.stderr));
+    let stored: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!((stored["already_submitted"].as_bool(), stored["remote_uuid"].as_str()), (Some(true), Some(folders[0].as_str())), "{label}");
+    assert_eq!(server.remote_folders(), folders, "{label}");
+    assert!(tree(&server.home().join(&folders[0])) == expected, "{label}: untouched");
 }
 
 #[test]

@@ -109,13 +109,31 @@ fn status_shows_counts_and_each_batch_with_its_history() {
     let keys: Vec<&str> = good.as_object().unwrap().keys().map(String::as_str).collect();
     assert_eq!(
         keys,
-        ["attempts", "bytes", "bytes_sent", "created_at", "files", "id", "last_error", "name", "remote_dir", "rows", "state", "updated_at"]
+        [
+            "attempts",
+            "bytes",
+            "bytes_sent",
+            "created_at",
+            "duplicate_of",
+            "files",
+            "id",
+            "last_error",
+            "name",
+            "reject_reason",
+            "remote_dir",
+            "remote_uuid",
+            "rows",
+            "state",
+            "updated_at"
+        ]
     );
-    assert_eq!((good["state"].as_str(), good["remote_dir"].as_str()), (Some("submitted"), Some(server.remote_folders()[0].as_str())));
+    let folder = server.remote_folders()[0].clone();
+    assert_eq!((good["state"].as_str(), good["remote_uuid"].as_str()), (Some("submitted"), Some(folder.as_str())));
+    assert_eq!(good["remote_dir"].as_str(), Some(folder.as_str()), "remote_dir = \".\" puts the folder in the home");
     assert_eq!((good["rows"].as_u64(), good["files"].as_u64(), good["attempts"].as_u64()), (Some(2), Some(6), Some(1)));
     assert_eq!(good["bytes_sent"], good["bytes"]);
     let bad = list.iter().find(|b| b["name"] == "bad").unwrap();
-    assert_eq!(bad["state"], "rejected");
+    assert_eq!((bad["state"].as_str(), bad["reject_reason"].as_str()), (Some("rejected"), Some("invalid")));
     assert!(bad["last_error"].as_str().unwrap().contains("missing_column"));
 
     let (_, text, _) = bin(&drops.config, &["status"]);
@@ -167,13 +185,14 @@ fn a_failed_batch_is_retried_into_the_same_remote_folder() {
     assert!(report.contains("could NOT be delivered") && report.contains("jumio-batchd retry flaky"), "{report}");
     let (_, stdout, _) = bin(&drops.config, &["status", "--json", "flaky"]);
     let status: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
-    let uuid = status[0]["remote_dir"].as_str().unwrap().to_owned();
+    let uuid = status[0]["remote_uuid"].as_str().unwrap().to_owned();
+    let id = status[0]["id"].as_i64().unwrap();
 
     server.restart();
     let (code, stdout, stderr) = bin(&drops.config, &["retry", "flaky"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains(&uuid), "{stdout}");
-    assert_eq!(drops.names("work"), ["flaky"]);
+    assert_eq!(drops.names("work"), [format!("{id}.flaky")], "back in work/ under its id");
     let mut daemon = drops.spawn(&["--once"]);
     assert_eq!(daemon.wait(), Some(0), "{}", daemon.log_text());
     assert_eq!(drops.names("done"), ["flaky"]);

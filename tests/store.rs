@@ -1,7 +1,7 @@
 //! The state store on a real SQLite file: migrations, transitions, the audit trail, every query.
 
-use jumio_batchd::batch::State;
-use jumio_batchd::store::{Change, NewBatch, Store, StoreError};
+use jumio_batchd::batch::{RejectReason, State};
+use jumio_batchd::store::{Change, Contents, Store, StoreError};
 use jumio_batchd::validate::BatchFile;
 use std::collections::BTreeMap;
 
@@ -18,9 +18,8 @@ async fn fresh_store() -> (tempfile::TempDir, Store) {
 
 async fn insert(store: &Store, name: &str, key: &str) -> i64 {
     let files = files();
-    let new =
-        NewBatch { name, source_path: &format!("/srv/work/{name}"), content_key: key, rows: 1, files: 1, bytes: 30, file_list: &files };
-    store.insert(&new).await.unwrap().id
+    let contents = Contents { content_key: key, rows: 1, files: 1, bytes: 30, file_list: &files };
+    store.insert(name, &format!("/srv/work/{name}"), &contents).await.unwrap().id
 }
 
 #[tokio::test]
@@ -140,5 +139,37 @@ async fn migrations_apply_to_the_previous_schema_keeping_its_rows() {
     pool.close().await;
     let store = Store::open(&path).await.unwrap();
     let old = store.find("old").await.unwrap().unwrap();
-    assert_eq!((old.state, old.bytes_sent), (State::Submitted, 0));
+    assert_eq!((old.state, old.bytes_sent, old.reject_reason, old.duplicate_of), (State::Submitted, 0, None, None));
+}
+
+#[tokio::test]
+async fn a_claim_is_recorded_under_a_folder_that_carries_its_id_and_can_be_forgotten_until_it_moves_on() {
+    let (_dir, store) = fresh_store().await;
+    let claimed = store.claim("daily", |id| format!("/srv/work/{id}.daily")).await.unwrap();
+    assert_eq!((claimed.name.as_str(), claimed.state), ("daily", State::Discovered));
+    assert_eq!(claimed.source_path, format!("/srv/work/{}.daily", claimed.id));
+    let again = store.claim("daily", |id| format!("/srv/work/{id}.daily")).await.unwrap();
+    assert_ne!(again.id, claimed.id, "the same name claimed again is another batch");
+    let files = files();
+    store.record_contents(again.id, &Contents { content_key: "k", rows: 1, files: 1, bytes: 30, file_list: &files }).await.unwrap();
+    store.record_contents(again.id, &Contents { content_key: "k2", rows: 1, files: 1, bytes: 30, file_list: &files }).await.unwrap();
+    let recorded = store.get(again.id).await.unwrap().unwrap();
+    assert_eq!((recorded.content_key.as_str(), recorded.bytes, store.files(again.id).await.unwrap().len()), ("k2", 30, 2));
+    assert!(store.forget_unclaimed(claimed.id).await.unwrap());
+    assert!(store.get(claimed.id).await.unwrap().is_none());
+    store.transition(again.id, State::Discovered, State::Validated, Change::default()).await.unwrap().unwrap();
+    assert!(!store.forget_unclaimed(again.id).await.unwrap(), "only a claim still discovered is forgotten");
+}
+
+#[tokio::test]
+async fn why_a_batch_was_rejected_is_a_field_of_its_record() {
+    let (_dir, store) = fresh_store().await;
+    let original = insert(&store, "a", "same").await;
+    let copy = insert(&store, "b", "same").await;
+    let change = Change { reject_reason: Some(RejectReason::Duplicate), duplicate_of: Some(original), ..Change::default() };
+    let r = store.transition(copy, State::Discovered, State::Rejected, change).await.unwrap().unwrap();
+    assert_eq!((r.reject_reason, r.duplicate_of), (Some(RejectReason::Duplicate), Some(original)));
+    let change = Change { reject_reason: Some(RejectReason::Invalid), ..Change::default() };
+    let r = store.transition(original, State::Discovered, State::Rejected, change).await.unwrap().unwrap();
+    assert_eq!((r.reject_reason, r.duplicate_of), (Some(RejectReason::Invalid), None));
 }

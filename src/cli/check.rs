@@ -2,7 +2,7 @@
 
 use super::{EXIT_INVALID, EXIT_OK};
 use crate::config::Config;
-use crate::daemon::same_filesystem;
+use crate::folders::same_filesystem;
 use crate::ship;
 use crate::store::Store;
 use std::path::Path;

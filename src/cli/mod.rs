@@ -48,7 +48,7 @@ pub enum Command {
     },
     /// Validate a batch folder and ship it to Jumio: a fresh UUID folder, every file, DONE last.
     #[command(
-        after_help = "Examples:\n  jumio-batchd --config /etc/jumio-batchd/config.toml send ./batch-17\n  jumio-batchd send --json ./batch-17 > receipt.json\n\nPrints the remote folder (a UUID) on stdout. Exit status: 0 shipped, 1 invalid batch (nothing sent), 2 shipping failed (DONE not written)."
+        after_help = "Examples:\n  jumio-batchd --config /etc/jumio-batchd/config.toml send ./batch-17\n  jumio-batchd send --json ./batch-17 > receipt.json\n\nPrints the remote folder on stdout. Run again on a batch already at Jumio, it says so, sends nothing\nand exits 0. Exit status: 0 shipped (or already submitted), 1 invalid, duplicate or being shipped by\nanother process (nothing sent), 2 shipping failed (DONE not written)."
     )]
     Send {
         /// The batch folder.

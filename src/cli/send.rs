@@ -1,9 +1,10 @@
 //! `jumio-batchd send DIR [--json] [--allow-duplicate]`: validate, record, ship into the
 //! batch's UUID folder (resuming a crashed run), retry transient failures, print the receipt.
+//! Run again on a batch already at Jumio, it says so and exits 0 without sending anything.
 
 use super::{EXIT_INVALID, EXIT_OK, EXIT_USAGE};
 use crate::config::Config;
-use crate::deliver::{self, Outcome, Shipper};
+use crate::lifecycle::{self, Admitted, Lifecycle, Outcome};
 use crate::receipt::Receipt;
 use crate::store::Store;
 use crate::telemetry::{self, Sink};
@@ -15,74 +16,94 @@ use std::sync::Arc;
 pub async fn run(config: Option<&Path>, dir: &Path, json: bool, allow_duplicate: bool) -> anyhow::Result<u8> {
     let loaded = Config::load_or_default(config)?;
     telemetry::init(Sink::Stderr, false, "info");
-    let sftp = loaded.sftp()?;
-    let checked = validate::validate(dir, loaded.marker())?;
+    let sftp = loaded.sftp()?.clone();
     let store = Store::open(&loaded.config.state.database).await?;
-    let record = deliver::admit(&store, dir, &checked).await?;
-    crate::failpoint::hit("after_admit");
-    let report = &checked.report;
-    if !report.valid {
-        if json {
-            println!("{}", serde_json::to_string_pretty(report)?);
-        } else {
-            eprint!("{}", validate::render_text(report));
-            eprintln!("not sent: fix the errors above and send again");
-        }
-        return Ok(EXIT_INVALID);
-    }
     let stop = Arc::new(AtomicBool::new(false));
+    let life = Lifecycle::new(store, &loaded.config, sftp, stop.clone());
     let stopped = Arc::new(tokio::sync::Notify::new());
     let shutdown = super::run::shutdown_signal()?;
-    let (on_signal, notify) = (stop.clone(), stopped.clone());
+    let notify = stopped.clone();
     tokio::spawn(async move {
         shutdown.await;
-        on_signal.store(true, Ordering::SeqCst);
+        stop.store(true, Ordering::SeqCst);
         notify.notify_one();
     });
-    let shipper = Shipper { store: &store, sftp, retry: &loaded.config.retry, stop: stop.clone() };
-    let mut record = record;
+    let mut claim = match life.admit(dir).await? {
+        Admitted::Finished(outcome) => return report(*outcome, json),
+        Admitted::Ready(claim) => claim,
+    };
+    crate::failpoint::hit("after_admit");
     loop {
-        match shipper.attempt(record, dir, &checked.files, allow_duplicate).await? {
-            Outcome::Submitted { receipt, .. } => {
-                print_receipt(&receipt, json)?;
-                return Ok(EXIT_OK);
-            }
-            Outcome::Duplicate { record, .. } => {
-                eprintln!("{}: not sent: {}", record.name, record.last_error.unwrap_or_default());
-                return Ok(EXIT_INVALID);
-            }
-            Outcome::Failed { record } => {
-                eprintln!("{}: failed: {}", record.name, record.last_error.unwrap_or_default());
+        let outcome = life.attempt(&mut claim, allow_duplicate).await?;
+        let Outcome::RetryWait { record: waiting } = outcome else { return report(outcome, json) };
+        let wait = lifecycle::wait_for(&waiting);
+        eprintln!(
+            "{}: attempt {} failed: {}; retrying in {:.1} s",
+            waiting.name,
+            waiting.attempts,
+            waiting.last_error.as_deref().unwrap_or(""),
+            wait.as_secs_f64()
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stopped.notified() => {
+                eprintln!("{}: stopped while waiting to retry; run the same command again to resume", waiting.name);
                 return Ok(EXIT_USAGE);
-            }
-            Outcome::Interrupted { record } => {
-                eprintln!(
-                    "{}: interrupted before DONE; run the same command again to resume into {}",
-                    record.name,
-                    record.remote_uuid.unwrap_or_default()
-                );
-                return Ok(EXIT_USAGE);
-            }
-            Outcome::RetryWait { record: waiting } => {
-                let wait = deliver::wait_for(&waiting);
-                eprintln!(
-                    "{}: attempt {} failed: {}; retrying in {:.1} s",
-                    waiting.name,
-                    waiting.attempts,
-                    waiting.last_error.as_deref().unwrap_or(""),
-                    wait.as_secs_f64()
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stopped.notified() => {
-                        eprintln!("{}: stopped while waiting to retry; run the same command again to resume", waiting.name);
-                        return Ok(EXIT_USAGE);
-                    }
-                }
-                record = waiting;
             }
         }
     }
+}
+
+/// What the person (or script) running `send` sees, and the exit status.
+fn report(outcome: Outcome, json: bool) -> anyhow::Result<u8> {
+    Ok(match outcome {
+        Outcome::Submitted { receipt, .. } => {
+            print_receipt(&receipt, json)?;
+            if !json {
+                let rate = receipt.bytes as f64 / receipt.seconds.max(1e-9) / 1e6;
+                eprintln!(
+                    "{}: shipped {} rows, {} images, {} bytes in {:.2} s ({rate:.1} MB/s) to {}; DONE written",
+                    receipt.batch, receipt.rows, receipt.files, receipt.bytes, receipt.seconds, receipt.remote_dir
+                );
+            }
+            EXIT_OK
+        }
+        Outcome::AlreadySubmitted { record, receipt } => {
+            print_receipt(&receipt, json)?;
+            let at = record.submitted_at.map(|t| t.to_rfc3339()).unwrap_or_default();
+            eprintln!("{}: already submitted as {} at {at}; nothing was sent", record.name, receipt.remote_uuid);
+            EXIT_OK
+        }
+        Outcome::Rejected { report, .. } => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                eprint!("{}", validate::render_text(&report));
+                eprintln!("not sent: fix the errors above and send again");
+            }
+            EXIT_INVALID
+        }
+        Outcome::Duplicate { record, .. } => {
+            eprintln!("{}: not sent: {}", record.name, record.last_error.unwrap_or_default());
+            EXIT_INVALID
+        }
+        Outcome::Busy { record, holder } => {
+            eprintln!("{}: being shipped by {holder} (batch id {}); nothing done here", record.name, record.id);
+            EXIT_INVALID
+        }
+        Outcome::Failed { record } => {
+            eprintln!("{}: failed: {}", record.name, record.last_error.unwrap_or_default());
+            EXIT_USAGE
+        }
+        Outcome::Interrupted { record } | Outcome::RetryWait { record } => {
+            eprintln!(
+                "{}: interrupted before DONE; run the same command again to resume into {}",
+                record.name,
+                record.remote_uuid.unwrap_or_default()
+            );
+            EXIT_USAGE
+        }
+    })
 }
 
 fn print_receipt(receipt: &Receipt, json: bool) -> anyhow::Result<()> {
@@ -90,11 +111,6 @@ fn print_receipt(receipt: &Receipt, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(receipt)?);
     } else {
         println!("{}", receipt.remote_dir);
-        let rate = receipt.bytes as f64 / receipt.seconds.max(1e-9) / 1e6;
-        eprintln!(
-            "{}: shipped {} rows, {} images, {} bytes in {:.2} s ({rate:.1} MB/s) to {}; DONE written",
-            receipt.batch, receipt.rows, receipt.files, receipt.bytes, receipt.seconds, receipt.remote_dir
-        );
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `jumio-batchd status [--json] [NAME|ID]`: what the store says, read-only.
 
 use super::EXIT_OK;
-use crate::batch::State;
+use crate::batch::{RejectReason, State};
 use crate::config::Config;
 use crate::store::{BatchRecord, Store};
 use chrono::Utc;
@@ -17,7 +17,11 @@ struct BatchStatus<'a> {
     id: i64,
     name: &'a str,
     state: State,
+    /// The batch's folder on the server: its name (a UUID), and its path from the tenant home.
+    remote_uuid: Option<&'a str>,
     remote_dir: Option<&'a str>,
+    reject_reason: Option<RejectReason>,
+    duplicate_of: Option<i64>,
     rows: i64,
     files: i64,
     bytes: i64,
@@ -34,7 +38,10 @@ impl<'a> From<&'a BatchRecord> for BatchStatus<'a> {
             id: r.id,
             name: &r.name,
             state: r.state,
-            remote_dir: r.remote_dir.as_deref().or(r.remote_uuid.as_deref()),
+            remote_uuid: r.remote_uuid.as_deref(),
+            remote_dir: r.remote_dir.as_deref(),
+            reject_reason: r.reject_reason,
+            duplicate_of: r.duplicate_of,
             rows: r.rows,
             files: r.files,
             bytes: r.bytes,
@@ -83,7 +90,7 @@ fn one(r: &BatchRecord) -> String {
     let mut text = format!("batch {} (id {}): {}\n", r.name, r.id, r.state);
     text.push_str(&format!("  {} rows, {} images, {} bytes; attempts {}\n", r.rows, r.files, r.bytes, r.attempts));
     if let Some(uuid) = &r.remote_uuid {
-        text.push_str(&format!("  remote folder {uuid}\n"));
+        text.push_str(&format!("  remote folder {uuid} ({})\n", r.remote_dir.as_deref().unwrap_or(uuid)));
     }
     if let Some(at) = r.submitted_at {
         text.push_str(&format!("  submitted {}\n", at.to_rfc3339()));
@@ -139,7 +146,7 @@ fn overview(counts: &std::collections::BTreeMap<String, i64>, records: &[BatchRe
             let detail = match state {
                 State::Submitted => format!(
                     "as {} at {}",
-                    r.remote_dir.as_deref().unwrap_or("-"),
+                    r.remote_uuid.as_deref().unwrap_or("-"),
                     r.submitted_at.map(|t| t.to_rfc3339()).unwrap_or_default()
                 ),
                 State::RetryWait => format!(

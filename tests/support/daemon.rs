@@ -127,6 +127,28 @@ impl Daemon {
         child.wait().unwrap().code()
     }
 
+    /// SIGKILL, as a crash would end it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Waits until the log holds `needle`.
+    #[track_caller]
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log_text().contains(needle) {
+            assert!(Instant::now() < deadline, "{needle:?} never logged:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn wait(&mut self) -> Option<i32> {
         self.child.take()?.wait().unwrap().code()
     }

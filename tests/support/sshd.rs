@@ -215,6 +215,25 @@ impl TestServer {
         v
     }
 
+    /// Paths (relative to the home) the server opened for writing, in order, each with the
+    /// number of closes the server had logged before it (`start_logged` only).
+    pub fn write_opens(&self) -> Vec<(String, usize)> {
+        let log = std::fs::read_to_string(self.dir.path().join("sftp.log")).unwrap_or_default();
+        let mut closes = 0;
+        let mut opens = Vec::new();
+        for line in log.lines() {
+            if line.contains("close \"") {
+                closes += 1;
+            } else if let Some(rest) = line.split("open \"").nth(1) {
+                let flags = rest.split("flags ").nth(1).unwrap_or("");
+                if flags.contains("WRITE") {
+                    opens.push((rest.split('"').next().unwrap_or("").to_owned(), closes));
+                }
+            }
+        }
+        opens
+    }
+
     /// Paths (relative to the home) in the order the server closed them (`start_logged` only).
     pub fn closed_in_order(&self) -> Vec<String> {
         let log = std::fs::read_to_string(self.dir.path().join("sftp.log")).unwrap_or_default();

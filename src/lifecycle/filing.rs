@@ -2,7 +2,7 @@
 //! rejected/, the reason and the way back in failed/. Reports are written into the batch folder
 //! before it moves, so they arrive with it.
 
-use super::claim::{create_unique_dir, move_unique};
+use crate::folders::{create_unique_dir, folder_name, move_unique};
 use crate::receipt::Receipt;
 use crate::store::BatchRecord;
 use crate::validate::{render_text, Report};
@@ -21,7 +21,6 @@ struct StoredReceipt<'a> {
     id: i64,
     #[serde(flatten)]
     receipt: &'a Receipt,
-    remote_uuid: Option<&'a str>,
     first_seen_at: DateTime<Utc>,
     upload_started_at: Option<DateTime<Utc>>,
     submitted_at: Option<DateTime<Utc>>,
@@ -32,18 +31,23 @@ pub fn file_done(dir: &Path, done: &Path, record: &BatchRecord, receipt: &Receip
     let stored = StoredReceipt {
         id: record.id,
         receipt,
-        remote_uuid: record.remote_uuid.as_deref(),
         first_seen_at: record.created_at,
         upload_started_at: record.upload_started_at,
         submitted_at: record.submitted_at,
         attempts: record.attempts,
     };
     write(dir, RECEIPT_FILE, &serde_json::to_string_pretty(&stored).map_err(std::io::Error::other)?)?;
-    move_unique(dir, done, &folder_name(dir))
+    settle(dir, done, record)
+}
+
+/// Moves a batch folder to its destination under the name it was dropped with.
+fn settle(dir: &Path, to: &Path, record: &BatchRecord) -> std::io::Result<PathBuf> {
+    crate::failpoint::hit("while_filing");
+    move_unique(dir, to, &record.name)
 }
 
 /// An invalid batch: REJECTED.txt for a person, errors.json for a program.
-pub fn file_rejected(dir: &Path, rejected: &Path, report: &Report) -> std::io::Result<PathBuf> {
+pub fn file_rejected(dir: &Path, rejected: &Path, record: &BatchRecord, report: &Report) -> std::io::Result<PathBuf> {
     let mut text = format!(
         "Batch \"{}\" was NOT sent to Jumio: it has {} problem(s) to fix. Nothing from it reached Jumio.\n\n",
         report.batch,
@@ -55,14 +59,14 @@ pub fn file_rejected(dir: &Path, rejected: &Path, report: &Report) -> std::io::R
     text.push_str(AGAIN);
     write(dir, REJECTED_FILE, &text)?;
     write(dir, ERRORS_FILE, &serde_json::to_string_pretty(report).map_err(std::io::Error::other)?)?;
-    move_unique(dir, rejected, &folder_name(dir))
+    settle(dir, rejected, record)
 }
 
 const AGAIN: &str = "\nTo send it: fix the problems above in a copy of this folder, then drop the corrected folder\n\
 into the inbox again (with the ready marker written last). Warnings do not stop a batch.\n";
 
 /// A valid batch refused because the same content was already submitted (or is on its way).
-pub fn file_duplicate(dir: &Path, rejected: &Path, report: &Report, reason: &str) -> std::io::Result<PathBuf> {
+pub fn file_duplicate(dir: &Path, rejected: &Path, record: &BatchRecord, report: &Report, reason: &str) -> std::io::Result<PathBuf> {
     let text = format!(
         "Batch \"{}\" was NOT sent to Jumio: {reason}.\n\nThe same input.csv and images were already submitted; sending them again would create\n\
          the same transactions twice, and each one is charged. If you really mean to submit it again, run\n\
@@ -74,7 +78,7 @@ pub fn file_duplicate(dir: &Path, rejected: &Path, report: &Report, reason: &str
     report.valid = false;
     report.errors.insert(0, crate::validate::Problem { row: None, column: None, code: "duplicate_batch", message: reason.to_owned() });
     write(dir, ERRORS_FILE, &serde_json::to_string_pretty(&report).map_err(std::io::Error::other)?)?;
-    move_unique(dir, rejected, &folder_name(dir))
+    settle(dir, rejected, record)
 }
 
 /// Gave up: what failed, how often it was tried, and how to try again.
@@ -93,7 +97,7 @@ pub fn file_failed(dir: &Path, failed: &Path, record: &BatchRecord) -> std::io::
         uuid = record.remote_uuid.as_deref().unwrap_or("none created"),
     );
     write(dir, FAILED_FILE, &text)?;
-    move_unique(dir, failed, &folder_name(dir))
+    settle(dir, failed, record)
 }
 
 /// A loose file in the inbox root: batches are folders.
@@ -109,11 +113,6 @@ pub fn file_loose(file: &Path, rejected: &Path) -> std::io::Result<PathBuf> {
     );
     write(&holder, REJECTED_FILE, &text)?;
     Ok(holder)
-}
-
-/// The last component of a drop-folder path, as shown in logs and used for destination names.
-pub(super) fn folder_name(dir: &Path) -> String {
-    dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "batch".into())
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> std::io::Result<()> {

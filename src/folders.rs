@@ -1,4 +1,5 @@
-//! Moving batch folders between the drop folders: atomic renames that never overwrite.
+//! Moving batch folders between the drop folders: atomic renames that never overwrite, and the
+//! names a claimed folder carries in work/ (`<id>.<name>`: the record's id, then the dropped name).
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -30,9 +31,10 @@ fn first_free(dir: &Path, name: &str, mut take: impl FnMut(&Path) -> std::io::Re
 
 /// rename(2) that fails with AlreadyExists instead of replacing (renameat2 RENAME_NOREPLACE;
 /// where the filesystem lacks it, a check right before a plain rename).
-fn rename_no_replace(src: &Path, dest: &Path) -> std::io::Result<()> {
+pub fn rename_no_replace(src: &Path, dest: &Path) -> std::io::Result<()> {
     let c_src = CString::new(src.as_os_str().as_bytes())?;
     let c_dest = CString::new(dest.as_os_str().as_bytes())?;
+    // SAFETY: both pointers are NUL-terminated strings that live until the call returns.
     let rc = unsafe { libc::renameat2(libc::AT_FDCWD, c_src.as_ptr(), libc::AT_FDCWD, c_dest.as_ptr(), libc::RENAME_NOREPLACE) };
     if rc == 0 {
         return Ok(());
@@ -48,6 +50,23 @@ fn rename_no_replace(src: &Path, dest: &Path) -> std::io::Result<()> {
         Some(libc::EEXIST) | Some(libc::ENOTEMPTY) => Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists)),
         _ => Err(err),
     }
+}
+
+/// The name of batch `id`'s folder in work/: its identity travels with the folder.
+pub fn claimed_name(id: i64, name: &str) -> String {
+    format!("{id}.{name}")
+}
+
+/// The record id and dropped name a folder in work/ carries, if it has the claimed form.
+pub fn parse_claimed(folder: &str) -> Option<(i64, &str)> {
+    let (id, name) = folder.split_once('.')?;
+    let digits_only = !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) && !id.starts_with('0');
+    Some((id.parse().ok().filter(|_| digits_only)?, name)).filter(|(_, name)| !name.is_empty())
+}
+
+/// The last component of a drop-folder path, as shown in logs and used for destination names.
+pub fn folder_name(dir: &Path) -> String {
+    dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "batch".into())
 }
 
 /// Claiming is a rename, so the inbox and the work folder must share a filesystem.
@@ -70,5 +89,15 @@ mod tests {
         assert_eq!(moved, work.join("b-2"));
         assert_eq!(std::fs::read_to_string(work.join("b-2/input.csv")).unwrap(), "new");
         assert!(work.join("b").is_dir(), "the empty folder already there is kept");
+    }
+
+    #[test]
+    fn a_claimed_folder_name_carries_the_record_id() {
+        assert_eq!(claimed_name(17, "daily"), "17.daily");
+        assert_eq!(parse_claimed("17.daily"), Some((17, "daily")));
+        assert_eq!(parse_claimed("17.2026.11.23"), Some((17, "2026.11.23")));
+        for not_claimed in ["daily", "2026-11-23", ".17", "17.", "017.x", "x17.y", "-3.y"] {
+            assert_eq!(parse_claimed(not_claimed), None, "{not_claimed}");
+        }
     }
 }

@@ -1,0 +1,185 @@
+//! One upload attempt of a claimed batch: the duplicate guard, the UUID committed before
+//! anything remote, the shipment on a blocking thread, then submitted / retry_wait / failed.
+
+use super::{Claim, Lifecycle, LifecycleError, Outcome};
+use crate::batch::{RejectReason, State};
+use crate::fingerprint;
+use crate::receipt::Receipt;
+use crate::ship::{self, Progress, ShipError};
+use crate::store::{BatchRecord, Change, Store};
+use chrono::{DateTime, Utc};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+impl Lifecycle {
+    /// One upload attempt of a validated, waiting or interrupted batch. `claim.record` follows
+    /// the batch's state.
+    pub async fn attempt(&self, claim: &mut Claim, allow_duplicate: bool) -> Result<Outcome, LifecycleError> {
+        let outcome = match self.start(claim, allow_duplicate).await? {
+            Ok(record) => {
+                let started = Instant::now();
+                let result = self.upload(&record, claim).await;
+                self.finish(record, claim, result, started).await?
+            }
+            Err(outcome) => outcome,
+        };
+        claim.record = super::outcome_record(&outcome).clone();
+        Ok(outcome)
+    }
+
+    /// Moves the batch to uploading (committing its UUID first), or refuses a duplicate.
+    async fn start(&self, claim: &Claim, allow_duplicate: bool) -> Result<Result<BatchRecord, Outcome>, LifecycleError> {
+        let record = claim.record.clone();
+        let from = record.state;
+        match from {
+            State::Uploading => return Ok(Ok(record)),
+            State::Validated | State::RetryWait => {}
+            other => panic!("bug: attempt on a batch in state {other}"),
+        }
+        if from == State::Validated && !allow_duplicate {
+            if let Some(of) = self.duplicate_of(claim).await? {
+                return self.refuse_duplicate(claim, of).await.map(Err);
+            }
+        }
+        // A failed batch sent again keeps its folder (it may even hold DONE).
+        let uuid = record.remote_uuid.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let change = Change {
+            remote_dir: Some(ship::remote_join(&self.sftp.remote_dir, &uuid)),
+            remote_uuid: Some(uuid),
+            count_attempt: true,
+            only_if_content_idle: from == State::Validated && !allow_duplicate,
+            ..Change::default()
+        };
+        if let Some(moved) = self.store.transition(record.id, from, State::Uploading, change).await? {
+            crate::failpoint::hit("after_uuid_commit");
+            return Ok(Ok(moved));
+        }
+        // Lost a race: another batch with this content started first, or another actor moved it.
+        let others = self.store.same_content(&record.content_key, record.id).await?;
+        match others.into_iter().find(|o| o.state.is_in_flight()) {
+            Some(of) => self.refuse_duplicate(claim, of).await.map(Err),
+            None => {
+                let now = self.store.get(record.id).await?.unwrap_or(record);
+                Ok(Err(Outcome::Interrupted { record: now }))
+            }
+        }
+    }
+
+    /// A batch submitted or in flight with the same content. For submitted ones the full
+    /// fingerprint is compared, which costs a local hashing pass, only when the cheap key matches.
+    /// Fails closed: content that cannot be read is never shipped.
+    async fn duplicate_of(&self, claim: &Claim) -> Result<Option<BatchRecord>, LifecycleError> {
+        let others = self.store.same_content(&claim.record.content_key, claim.record.id).await?;
+        if let Some(in_flight) = others.iter().find(|o| o.state.is_in_flight()) {
+            return Ok(Some(in_flight.clone()));
+        }
+        if others.is_empty() {
+            return Ok(None);
+        }
+        let mine = self.local_fingerprint(&claim.record.name, &claim.dir, &claim.checked).await?;
+        Ok(others.into_iter().find(|o| o.fingerprint.as_deref() == Some(mine.as_str())))
+    }
+
+    async fn refuse_duplicate(&self, claim: &Claim, of: BatchRecord) -> Result<Outcome, LifecycleError> {
+        let record = claim.record.clone();
+        let change = Change {
+            last_error: Some(duplicate_message(&of)),
+            reject_reason: Some(RejectReason::Duplicate),
+            duplicate_of: Some(of.id),
+            ..Change::default()
+        };
+        let moved = self.store.transition(record.id, record.state, State::Rejected, change).await?.unwrap_or(record);
+        Ok(Outcome::Duplicate { record: moved, of, report: claim.checked.report.clone() })
+    }
+
+    async fn upload(&self, record: &BatchRecord, claim: &Claim) -> Result<ship::Shipment, ShipError> {
+        let progress = Arc::new(Progress::default());
+        let reporter = tokio::spawn(report_progress(self.store.clone(), record.id, progress.clone()));
+        let (cfg, root, list, stop) = (self.sftp.clone(), claim.dir.clone(), claim.checked.files.clone(), self.stop.clone());
+        let uuid = record.remote_uuid.clone().expect("an uploading batch has a UUID");
+        let span = tracing::Span::current();
+        let result = tokio::task::spawn_blocking(move || span.in_scope(|| ship::ship(&cfg, &root, &list, &uuid, &progress, &stop)))
+            .await
+            .unwrap_or_else(|e| Err(ShipError::Ssh { what: "upload".into(), message: format!("upload task ended abnormally: {e}") }));
+        reporter.abort();
+        result
+    }
+
+    async fn finish(
+        &self,
+        record: BatchRecord,
+        claim: &Claim,
+        result: Result<ship::Shipment, ShipError>,
+        started: Instant,
+    ) -> Result<Outcome, LifecycleError> {
+        let error = match result {
+            Ok(shipment) => return self.submitted(record, claim, shipment, started).await,
+            Err(ShipError::Interrupted) => return Ok(Outcome::Interrupted { record }),
+            Err(e) => e,
+        };
+        let attempts = u32::try_from(record.attempts).unwrap_or(u32::MAX);
+        if error.is_permanent() || attempts >= self.retry.max_attempts {
+            let reason =
+                if error.is_permanent() { error.to_string() } else { format!("gave up after {attempts} attempt(s); last error: {error}") };
+            let change = Change { last_error: Some(reason), ..Change::default() };
+            let moved = self.store.transition(record.id, State::Uploading, State::Failed, change).await?;
+            return Ok(Outcome::Failed { record: moved.unwrap_or(record) });
+        }
+        let delay = self.retry.delay(attempts, &mut rand::thread_rng());
+        let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+        let change = Change { last_error: Some(error.to_string()), next_attempt_at: Some(next), ..Change::default() };
+        let moved = self.store.transition(record.id, State::Uploading, State::RetryWait, change).await?;
+        Ok(Outcome::RetryWait { record: moved.unwrap_or(record) })
+    }
+
+    async fn submitted(
+        &self,
+        record: BatchRecord,
+        claim: &Claim,
+        shipment: ship::Shipment,
+        started: Instant,
+    ) -> Result<Outcome, LifecycleError> {
+        self.store.record_shipped(record.id, &shipment.files_sha256).await?;
+        let change = Change {
+            remote_dir: Some(shipment.remote_dir.clone()),
+            fingerprint: Some(fingerprint::fingerprint(&claim.checked.files, &shipment.files_sha256)),
+            ..Change::default()
+        };
+        let moved = self.store.transition(record.id, State::Uploading, State::Submitted, change).await?.unwrap_or(record);
+        let receipt = Receipt::of(&moved, shipment.files_sha256, started.elapsed().as_secs_f64(), shipment.already_submitted);
+        Ok(match shipment.already_submitted {
+            true => Outcome::AlreadySubmitted { record: moved, receipt },
+            false => Outcome::Submitted { record: moved, receipt },
+        })
+    }
+}
+
+pub fn duplicate_message(of: &BatchRecord) -> String {
+    let uuid = of.remote_uuid.as_deref().unwrap_or("?");
+    match of.submitted_at {
+        Some(at) => {
+            format!("duplicate of {}, submitted {} as {uuid}; send with --allow-duplicate to submit it again", of.name, at.to_rfc3339())
+        }
+        None => format!("duplicate of {}, being uploaded now as {uuid}; send with --allow-duplicate to submit it again", of.name),
+    }
+}
+
+async fn report_progress(store: Store, id: i64, progress: Arc<Progress>) {
+    let mut last = u64::MAX;
+    loop {
+        tokio::time::sleep(PROGRESS_EVERY).await;
+        let now = progress.bytes_sent.load(Ordering::Relaxed);
+        if now != last && store.set_bytes_sent(id, now).await.is_ok() {
+            last = now;
+        }
+    }
+}
+
+/// How long to wait before the attempt a record in retry_wait is due.
+pub fn wait_for(record: &BatchRecord) -> Duration {
+    let due: DateTime<Utc> = record.next_attempt_at.unwrap_or_else(Utc::now);
+    (due - Utc::now()).to_std().unwrap_or_default()
+}

@@ -1,0 +1,397 @@
+//! One batch's life, in one place: claim (daemon) or admit (`send`), validate, the duplicate
+//! guard, ship, file the outcome, recover after a restart. Every entry point returns a typed
+//! `Outcome`; the daemon only schedules, `send` and `retry` call the same code.
+//! **Invariants:** a batch is known by its record's id from the moment it is claimed (its
+//! folder in work/ carries the id: `<id>.<name>`); one process works a batch at a time (a kernel
+//! lock per batch); a record's state changes only through `Store::transition`.
+
+mod attempt;
+mod filing;
+mod lock;
+
+pub use attempt::{duplicate_message, wait_for};
+pub use filing::{file_loose, ERRORS_FILE, FAILED_FILE, RECEIPT_FILE, REJECTED_FILE};
+pub use lock::{Held, Holder, LockError, Locks};
+
+use crate::batch::{RejectReason, State};
+use crate::config::{Config, PathsConfig, RetryConfig, SftpConfig};
+use crate::fingerprint;
+use crate::folders::{self, claimed_name, folder_name};
+use crate::receipt::Receipt;
+use crate::store::{BatchRecord, Change, Contents, Store, StoreError};
+use crate::validate::{self, Report, Validated};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// How working a batch ended (for now: `RetryWait` and `Interrupted` come back later).
+// One value per batch step: its size does not matter, boxing would only add noise.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Outcome {
+    /// Shipped by this run, DONE written.
+    Submitted { record: BatchRecord, receipt: Receipt },
+    /// Already at Jumio before this run (sent earlier, or DONE found on the server): nothing sent.
+    AlreadySubmitted { record: BatchRecord, receipt: Receipt },
+    /// Breaks Jumio's rules; the report lists every problem.
+    Rejected { record: BatchRecord, report: Report },
+    /// The same content is already submitted or on its way.
+    Duplicate { record: BatchRecord, of: BatchRecord, report: Report },
+    /// Given up: a permanent error, `max_attempts`, unreadable content or an internal error.
+    Failed { record: BatchRecord },
+    /// A transient failure; `record.next_attempt_at` says when to try again.
+    RetryWait { record: BatchRecord },
+    /// Stopped on request before DONE; resumes into the same folder next time.
+    Interrupted { record: BatchRecord },
+    /// Another process is working on this batch right now; nothing was done.
+    Busy { record: BatchRecord, holder: Holder },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Unreadable(#[from] validate::Unreadable),
+    #[error("cannot read batch {name} to fingerprint it ({source}); it was not shipped: check that every file of the folder is readable")]
+    Fingerprint { name: String, source: std::io::Error },
+    #[error("cannot {what} {} into {}: {source}; check that the folder exists and this user may write to it", from.display(), to.display())]
+    Move { what: &'static str, from: PathBuf, to: PathBuf, source: std::io::Error },
+    #[error("batch {id} has no record in the state database; was the database replaced?")]
+    NoRecord { id: i64 },
+}
+
+/// A batch this process holds the lock of, with its checked folder.
+#[derive(Debug)]
+pub struct Claim {
+    pub record: BatchRecord,
+    pub dir: PathBuf,
+    pub checked: Validated,
+    _lock: Held,
+}
+
+/// What `admit` found: a batch to ship, or an answer already.
+#[derive(Debug)]
+pub enum Admitted {
+    Ready(Box<Claim>),
+    Finished(Box<Outcome>),
+}
+
+/// Everything a batch's life needs; shared by the daemon's tasks, `send` and `retry`.
+pub struct Lifecycle {
+    pub store: Store,
+    pub sftp: SftpConfig,
+    pub retry: RetryConfig,
+    /// The ready-marker file name (never shipped).
+    pub marker: String,
+    pub locks: Locks,
+    /// Set on shutdown: uploads end at the next file boundary, before DONE.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Lifecycle {
+    pub fn new(store: Store, config: &Config, sftp: SftpConfig, stop: Arc<AtomicBool>) -> Lifecycle {
+        Lifecycle {
+            store,
+            sftp,
+            retry: config.retry.clone(),
+            marker: config.watch.marker.clone(),
+            locks: Locks::beside(&config.state.database),
+            stop,
+        }
+    }
+
+    /// `send DIR`: the record of this folder and content (an unfinished one resumes), or the
+    /// answer when there is nothing to ship: invalid, already submitted, or busy elsewhere.
+    pub async fn admit(&self, dir: &Path) -> Result<Admitted, LifecycleError> {
+        let checked = self.validate(dir).await?;
+        let source = source_path(dir);
+        let name = checked.report.batch.clone();
+        let key = content_key(dir, &checked, &name)?;
+        let contents = contents_of(&key, &checked);
+        let _admitting = self.locks.admission()?;
+        if !checked.report.valid {
+            let record = self.store.insert(&name, &source, &contents).await?;
+            let record = self.reject_invalid(record, &checked.report).await?;
+            return Ok(Admitted::Finished(Box::new(Outcome::Rejected { record, report: checked.report })));
+        }
+        if let Some(record) = self.store.find_unfinished(&source, &key).await? {
+            let lock = match self.locks.batch(record.id)? {
+                Ok(lock) => lock,
+                Err(holder) => return Ok(Admitted::Finished(Box::new(Outcome::Busy { record, holder }))),
+            };
+            let record = self.reopen(record).await?;
+            return Ok(Admitted::Ready(Box::new(Claim { record, dir: dir.to_path_buf(), checked, _lock: lock })));
+        }
+        if let Some(record) = self.store.submitted_from(&source, &key).await? {
+            if record.fingerprint.as_deref() == Some(self.local_fingerprint(&name, dir, &checked).await?.as_str()) {
+                let receipt = Receipt::stored(&record, self.store.shipped_hashes(record.id).await?);
+                return Ok(Admitted::Finished(Box::new(Outcome::AlreadySubmitted { record, receipt })));
+            }
+        }
+        let record = self.store.insert(&name, &source, &contents).await?;
+        let lock = self.locks.batch(record.id)?.unwrap_or_else(|holder| panic!("bug: a new batch is locked by {holder}"));
+        let record = self.store.transition(record.id, State::Discovered, State::Validated, Change::default()).await?.unwrap_or(record);
+        Ok(Admitted::Ready(Box::new(Claim { record, dir: dir.to_path_buf(), checked, _lock: lock })))
+    }
+
+    /// The daemon claims `src` from the inbox: a record first, then the folder moves to
+    /// `work/<id>.<name>`. `None` when the folder was gone before it could move.
+    pub async fn claim(&self, src: &Path, name: &str, work: &Path) -> Result<Option<(BatchRecord, PathBuf)>, LifecycleError> {
+        let record = self.store.claim(name, |id| work.join(claimed_name(id, name)).display().to_string()).await?;
+        let to = PathBuf::from(&record.source_path);
+        match folders::rename_no_replace(src, &to) {
+            Ok(()) => Ok(Some((record, to))),
+            Err(source) => {
+                self.store.forget_unclaimed(record.id).await?;
+                match source.kind() {
+                    std::io::ErrorKind::NotFound => Ok(None),
+                    _ => Err(LifecycleError::Move { what: "claim", from: src.to_path_buf(), to, source }),
+                }
+            }
+        }
+    }
+
+    /// A folder in work/ without the id form: left by an earlier version (its unfinished
+    /// record is adopted, so it resumes into its own UUID) or put there by hand (claimed anew).
+    pub async fn adopt(&self, dir: &Path, work: &Path) -> Result<Option<(BatchRecord, PathBuf)>, LifecycleError> {
+        let name = folder_name(dir);
+        let Some(record) = self.store.unfinished_at(&source_path(dir)).await? else {
+            return self.claim(dir, &name, work).await;
+        };
+        let to = work.join(claimed_name(record.id, &record.name));
+        folders::rename_no_replace(dir, &to).map_err(|source| LifecycleError::Move {
+            what: "adopt",
+            from: dir.to_path_buf(),
+            to: to.clone(),
+            source,
+        })?;
+        self.store.set_source_path(record.id, &to.display().to_string()).await?;
+        Ok(Some((record, to)))
+    }
+
+    /// The daemon's task for batch `id` in `dir` (in work/): one step of its life, and its folder
+    /// filed into `drops` when that step finished it.
+    pub async fn work(&self, id: i64, dir: &Path, drops: &PathsConfig) -> Result<Outcome, LifecycleError> {
+        let record = self.store.get(id).await?.ok_or(LifecycleError::NoRecord { id })?;
+        let lock = match self.locks.batch(id)? {
+            Ok(lock) => lock,
+            Err(holder) => return Ok(Outcome::Busy { record, holder }),
+        };
+        crate::failpoint::panic_once("batch_task");
+        let outcome = match record.state {
+            state if state.is_finished() => self.recover(record, dir).await?,
+            _ => self.advance(record, dir, lock).await?,
+        };
+        if let Some(to) = self.file(&outcome, dir, drops).await? {
+            tracing::info!(batch = %outcome_record(&outcome).name, id, to = %to.display(), "filed");
+        }
+        Ok(outcome)
+    }
+
+    /// Validates (again) and makes one upload attempt of an unfinished batch.
+    async fn advance(&self, record: BatchRecord, dir: &Path, lock: Held) -> Result<Outcome, LifecycleError> {
+        let mut checked = self.validate(dir).await?;
+        checked.report.batch = record.name.clone();
+        let key = match content_key(dir, &checked, &record.name) {
+            Ok(key) => key,
+            Err(e) => return self.fail(record, &e.to_string()).await,
+        };
+        let record = if record.state == State::Discovered {
+            self.store.record_contents(record.id, &contents_of(&key, &checked)).await?;
+            if !checked.report.valid {
+                let record = self.reject_invalid(record, &checked.report).await?;
+                return Ok(Outcome::Rejected { record, report: checked.report });
+            }
+            self.store.transition(record.id, State::Discovered, State::Validated, Change::default()).await?.unwrap_or(record)
+        } else if key != record.content_key || !checked.report.valid {
+            // What is shipped must be what was checked: never mix two versions in one folder.
+            let reason = "the batch folder changed after it was validated (a file was added, removed, resized or edited); \
+                          drop the corrected batch into the inbox as a new batch";
+            return self.fail(record, reason).await;
+        } else {
+            record
+        };
+        let mut claim = Claim { record, dir: dir.to_path_buf(), checked, _lock: lock };
+        self.attempt(&mut claim, false).await
+    }
+
+    /// The outcome of a batch whose state was recorded but whose folder was not filed yet.
+    async fn recover(&self, record: BatchRecord, dir: &Path) -> Result<Outcome, LifecycleError> {
+        Ok(match (record.state, record.reject_reason) {
+            (State::Submitted, _) => {
+                let receipt = Receipt::stored(&record, self.store.shipped_hashes(record.id).await?);
+                Outcome::AlreadySubmitted { record, receipt }
+            }
+            (State::Rejected, reason) => {
+                let mut report = self.validate(dir).await?.report;
+                report.batch = record.name.clone();
+                let of = match (reason, record.duplicate_of) {
+                    (Some(RejectReason::Duplicate), Some(of)) => self.store.get(of).await?,
+                    _ => None,
+                };
+                match of {
+                    Some(of) => Outcome::Duplicate { record, of, report },
+                    None => Outcome::Rejected { record, report },
+                }
+            }
+            _ => Outcome::Failed { record },
+        })
+    }
+
+    /// Files a finished batch's folder with its receipt or report; `None` for unfinished ones.
+    async fn file(&self, outcome: &Outcome, dir: &Path, drops: &PathsConfig) -> Result<Option<PathBuf>, LifecycleError> {
+        let (dir, drops, outcome_owned) = (dir.to_path_buf(), drops.clone(), outcome_summary(outcome));
+        let Some(summary) = outcome_owned else { return Ok(None) };
+        let record_id = outcome_record(outcome).id;
+        let (from, target) = (dir.clone(), summary.destination(&drops).to_path_buf());
+        let moved = tokio::task::spawn_blocking(move || summary.write(&dir, &drops))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(format!("filing task ended abnormally: {e}"))))
+            .map_err(|source| LifecycleError::Move { what: "file", from, to: target, source })?;
+        self.store.set_filed_path(record_id, &moved.display().to_string()).await?;
+        Ok(Some(moved))
+    }
+
+    /// After a panic in its task: the batch fails with the reason (never retried forever) and
+    /// its folder is filed in failed/. Returns where it went.
+    pub async fn fail_abandoned(&self, id: i64, dir: &Path, drops: &PathsConfig, why: &str) -> Result<Outcome, LifecycleError> {
+        let record = self.store.get(id).await?.ok_or(LifecycleError::NoRecord { id })?;
+        let _lock = match self.locks.batch(id)? {
+            Ok(lock) => lock,
+            Err(holder) => return Ok(Outcome::Busy { record, holder }),
+        };
+        let outcome = match record.state {
+            State::Failed => Outcome::Failed { record },
+            state if state.is_finished() => self.recover(record, dir).await?,
+            _ => self.fail(record, &format!("internal error: {why}; please report it (the batch was not submitted)")).await?,
+        };
+        if dir.is_dir() {
+            self.file(&outcome, dir, drops).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Moves an unfinished batch to failed with `reason`.
+    async fn fail(&self, record: BatchRecord, reason: &str) -> Result<Outcome, LifecycleError> {
+        let change = Change { last_error: Some(reason.to_owned()), ..Change::default() };
+        let moved = self.store.transition(record.id, record.state, State::Failed, change).await?;
+        Ok(Outcome::Failed { record: moved.unwrap_or(record) })
+    }
+
+    async fn reject_invalid(&self, record: BatchRecord, report: &Report) -> Result<BatchRecord, LifecycleError> {
+        let codes: Vec<&str> = report.errors.iter().map(|e| e.code).collect();
+        let change = Change {
+            last_error: Some(format!("{} validation error(s): {}", codes.len(), summarize(&codes))),
+            reject_reason: Some(RejectReason::Invalid),
+            ..Change::default()
+        };
+        Ok(self.store.transition(record.id, record.state, State::Rejected, change).await?.unwrap_or(record))
+    }
+
+    /// A discovered or failed batch sent again becomes validated (a failed one keeps its UUID).
+    async fn reopen(&self, record: BatchRecord) -> Result<BatchRecord, LifecycleError> {
+        if matches!(record.state, State::Discovered | State::Failed) {
+            if let Some(moved) = self.store.transition(record.id, record.state, State::Validated, Change::default()).await? {
+                return Ok(moved);
+            }
+        }
+        Ok(record)
+    }
+
+    /// The full fingerprint of what `dir` holds now (every file hashed): what a submitted
+    /// batch's record keeps, to tell the same content from a changed one of the same sizes.
+    async fn local_fingerprint(&self, name: &str, dir: &Path, checked: &Validated) -> Result<String, LifecycleError> {
+        let (root, list) = (dir.to_path_buf(), checked.files.clone());
+        let hashes = tokio::task::spawn_blocking(move || fingerprint::hash_files(&root, &list))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+            .map_err(|source| LifecycleError::Fingerprint { name: name.to_owned(), source })?;
+        Ok(fingerprint::fingerprint(&checked.files, &hashes))
+    }
+
+    async fn validate(&self, dir: &Path) -> Result<Validated, LifecycleError> {
+        let (path, marker) = (dir.to_path_buf(), self.marker.clone());
+        tokio::task::spawn_blocking(move || validate::validate(&path, Some(&marker)))
+            .await
+            .unwrap_or_else(|e| Err(validate::Unreadable { path: dir.to_path_buf(), source: std::io::Error::other(e.to_string()) }))
+            .map_err(LifecycleError::from)
+    }
+}
+
+/// Where a claimed folder sits, as recorded for `send`'s folders (canonical path).
+pub fn source_path(dir: &Path) -> String {
+    dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()).display().to_string()
+}
+
+/// The record an outcome is about.
+pub fn outcome_record(outcome: &Outcome) -> &BatchRecord {
+    match outcome {
+        Outcome::Submitted { record, .. }
+        | Outcome::AlreadySubmitted { record, .. }
+        | Outcome::Rejected { record, .. }
+        | Outcome::Duplicate { record, .. }
+        | Outcome::Failed { record }
+        | Outcome::RetryWait { record }
+        | Outcome::Interrupted { record }
+        | Outcome::Busy { record, .. } => record,
+    }
+}
+
+fn content_key(dir: &Path, checked: &Validated, name: &str) -> Result<String, LifecycleError> {
+    fingerprint::content_key(dir, &checked.files).map_err(|source| LifecycleError::Fingerprint { name: name.to_owned(), source })
+}
+
+fn contents_of<'a>(key: &'a str, checked: &'a Validated) -> Contents<'a> {
+    let report = &checked.report;
+    Contents { content_key: key, rows: report.rows, files: report.files, bytes: report.bytes, file_list: &checked.files }
+}
+
+fn summarize(codes: &[&str]) -> String {
+    let mut unique: Vec<&str> = codes.to_vec();
+    unique.sort();
+    unique.dedup();
+    unique.join(", ")
+}
+
+/// What filing a finished outcome writes, as plain data for a blocking thread.
+enum Filing {
+    Done(BatchRecord, Receipt),
+    Rejected(BatchRecord, Report),
+    Duplicate(BatchRecord, Report, String),
+    Failed(BatchRecord),
+}
+
+fn outcome_summary(outcome: &Outcome) -> Option<Filing> {
+    Some(match outcome {
+        Outcome::Submitted { record, receipt } | Outcome::AlreadySubmitted { record, receipt } => {
+            Filing::Done(record.clone(), receipt.clone())
+        }
+        Outcome::Rejected { record, report } => Filing::Rejected(record.clone(), report.clone()),
+        Outcome::Duplicate { record, of, report } => Filing::Duplicate(record.clone(), report.clone(), duplicate_message(of)),
+        Outcome::Failed { record } => Filing::Failed(record.clone()),
+        Outcome::RetryWait { .. } | Outcome::Interrupted { .. } | Outcome::Busy { .. } => return None,
+    })
+}
+
+impl Filing {
+    fn destination<'a>(&self, drops: &'a PathsConfig) -> &'a Path {
+        match self {
+            Filing::Done(..) => &drops.done,
+            Filing::Rejected(..) | Filing::Duplicate(..) => &drops.rejected,
+            Filing::Failed(..) => &drops.failed,
+        }
+    }
+
+    fn write(&self, dir: &Path, drops: &PathsConfig) -> std::io::Result<PathBuf> {
+        let to = self.destination(drops);
+        match self {
+            Filing::Done(record, receipt) => filing::file_done(dir, to, record, receipt),
+            Filing::Rejected(record, report) => filing::file_rejected(dir, to, record, report),
+            Filing::Duplicate(record, report, reason) => filing::file_duplicate(dir, to, record, report, reason),
+            Filing::Failed(record) => filing::file_failed(dir, to, record),
+        }
+    }
+}
