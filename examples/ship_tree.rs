@@ -21,13 +21,15 @@ fn main() -> anyhow::Result<()> {
                 stack.push(e.path());
             } else {
                 let path = e.path().strip_prefix(root)?.to_string_lossy().into_owned();
-                files.push(BatchFile { path, size: e.metadata()?.len() });
+                files.push(BatchFile { label: path.clone(), path, size: e.metadata()?.len() });
             }
         }
     }
+    // The digest of what is shipped, as the lifecycle takes it after validation (not timed).
+    let checked = jumio_batchd::fingerprint::hash_files(root, &files)?;
     let started = std::time::Instant::now();
     let uuid = uuid::Uuid::new_v4().to_string();
-    let shipment = ship(loaded.sftp()?, root, &files, &uuid, &Progress::default(), &AtomicBool::new(false))?;
+    let shipment = ship(loaded.sftp()?, root, &files, &checked, &uuid, &Progress::default(), &AtomicBool::new(false))?;
     println!("{} {} files {:.3} s", shipment.remote_dir, files.len(), started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -166,7 +166,7 @@ fn default_timeout_secs() -> u64 {
 
 impl SftpConfig {
     pub fn timeout(&self) -> Duration {
-        Duration::from_secs(self.timeout_secs.max(1))
+        Duration::from_secs(self.timeout_secs)
     }
 }
 
@@ -233,6 +233,9 @@ impl Config {
             }
             if sftp.host.trim().is_empty() {
                 return invalid("sftp.host is empty");
+            }
+            if sftp.timeout_secs == 0 {
+                return invalid("sftp.timeout_secs must be at least 1 (seconds a network step may take before it counts as failed)");
             }
         }
         Ok(())

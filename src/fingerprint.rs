@@ -1,25 +1,14 @@
-//! What makes two batches the same: a cheap content key (known before shipping) and the full
-//! fingerprint (known once every file was hashed, normally while it was uploaded).
+//! What makes two batches the same: the fingerprint over every file's path, size and sha256,
+//! computed right after validation (the digest of what was checked: the content key of the
+//! record, the duplicate guard's key, and what each uploaded file is compared with).
 
 use crate::validate::BatchFile;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
 const HASH_BUFFER_BYTES: usize = 1 << 20;
-
-/// sha256 over input.csv's bytes and each file's path and size.
-pub fn content_key(root: &Path, files: &[BatchFile]) -> std::io::Result<String> {
-    let csv = std::fs::read(root.join(crate::validate::INPUT_CSV))?;
-    let mut hasher = Sha256::new();
-    hasher.update(Sha256::digest(&csv));
-    for file in sorted(files) {
-        hasher.update(format!("{}\0{}\n", file.path, file.size));
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
 
 /// sha256 over each file's path, size and sha256 (input.csv among them).
 pub fn fingerprint(files: &[BatchFile], hashes: &BTreeMap<String, String>) -> String {
@@ -37,21 +26,23 @@ fn sorted(files: &[BatchFile]) -> Vec<&BatchFile> {
     v
 }
 
-/// sha256 of each file, read locally (for files not uploaded by this run).
+/// sha256 of each file, read from the batch folder (never from outside it).
 pub fn hash_files(root: &Path, files: &[BatchFile]) -> std::io::Result<BTreeMap<String, String>> {
-    let mut hashes = BTreeMap::new();
+    files.iter().map(|file| Ok((file.path.clone(), hash_file(root, &file.path)?))).collect()
+}
+
+/// sha256 of one file of the batch, as hex.
+pub fn hash_file(root: &Path, rel: &str) -> std::io::Result<String> {
+    let mut local = crate::batchfs::open(root, rel)?;
     let mut buffer = vec![0u8; HASH_BUFFER_BYTES];
-    for file in files {
-        let mut local = File::open(root.join(&file.path))?;
-        let mut hasher = Sha256::new();
-        loop {
-            let n = local.read(&mut buffer)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buffer[..n]);
+    let mut hasher = Sha256::new();
+    loop {
+        match local.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buffer[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
-        hashes.insert(file.path.clone(), hex::encode(hasher.finalize()));
     }
-    Ok(hashes)
+    Ok(hex::encode(hasher.finalize()))
 }

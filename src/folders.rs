@@ -16,17 +16,35 @@ pub fn create_unique_dir(parent: &Path, name: &str) -> std::io::Result<PathBuf> 
     first_free(parent, name, |candidate| std::fs::create_dir(candidate))
 }
 
+/// Puts the file `src` into `dir` as `name`, or `stem-2.ext`, ... if taken (a batch may hold a
+/// file of that name): a report never replaces a file of the dropper's.
+pub fn place_unique(src: &Path, dir: &Path, name: &str) -> std::io::Result<PathBuf> {
+    let (stem, ext) = name.rsplit_once('.').map_or((name, String::new()), |(s, e)| (s, format!(".{e}")));
+    let placed =
+        first_free_named(dir, |n| if n == 1 { name.to_owned() } else { format!("{stem}-{n}{ext}") }, |to| std::fs::hard_link(src, to))?;
+    std::fs::remove_file(src)?;
+    Ok(placed)
+}
+
 /// Tries `take` on `name`, `name-2`, `name-3`, ... until one is not AlreadyExists.
-fn first_free(dir: &Path, name: &str, mut take: impl FnMut(&Path) -> std::io::Result<()>) -> std::io::Result<PathBuf> {
+fn first_free(dir: &Path, name: &str, take: impl FnMut(&Path) -> std::io::Result<()>) -> std::io::Result<PathBuf> {
+    first_free_named(dir, |n| if n == 1 { name.to_owned() } else { format!("{name}-{n}") }, take)
+}
+
+fn first_free_named(
+    dir: &Path,
+    name: impl Fn(usize) -> String,
+    mut take: impl FnMut(&Path) -> std::io::Result<()>,
+) -> std::io::Result<PathBuf> {
     for n in 1..10_000 {
-        let candidate = if n == 1 { dir.join(name) } else { dir.join(format!("{name}-{n}")) };
+        let candidate = dir.join(name(n));
         match take(&candidate) {
             Ok(()) => return Ok(candidate),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         }
     }
-    Err(std::io::Error::other(format!("no free name for {name} in {}", dir.display())))
+    Err(std::io::Error::other(format!("no free name for {} in {}", name(1), dir.display())))
 }
 
 /// rename(2) that fails with AlreadyExists instead of replacing (renameat2 RENAME_NOREPLACE;
@@ -64,9 +82,15 @@ pub fn parse_claimed(folder: &str) -> Option<(i64, &str)> {
     Some((id.parse().ok().filter(|_| digits_only)?, name)).filter(|(_, name)| !name.is_empty())
 }
 
-/// The last component of a drop-folder path, as shown in logs and used for destination names.
+/// The last component of a drop-folder path, as shown in logs and reports and used for
+/// destination names: control characters escaped (`\n`), so a name can never forge a log line.
 pub fn folder_name(dir: &Path) -> String {
-    dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "batch".into())
+    dir.file_name().map(|n| shown(&n.to_string_lossy())).unwrap_or_else(|| "batch".into())
+}
+
+/// `name` with control characters escaped as Rust does (`\n`, `\u{1b}`).
+pub fn shown(name: &str) -> String {
+    name.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
 /// Claiming is a rename, so the inbox and the work folder must share a filesystem.

@@ -2,6 +2,7 @@
 //! See ARCHITECTURE.md for the map.
 
 pub mod batch;
+pub mod batchfs;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -271,7 +271,8 @@ impl Store {
     /// The newest submitted batch from this folder with this content: `send` run again.
     pub async fn submitted_from(&self, source_path: &str, content_key: &str) -> Result<Option<BatchRecord>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT * FROM batches WHERE source_path = ? AND content_key = ? AND state = 'submitted' ORDER BY id DESC LIMIT 1",
+            "SELECT * FROM batches WHERE source_path = ?1 AND (content_key = ?2 OR fingerprint = ?2) AND state = 'submitted'
+             ORDER BY id DESC LIMIT 1",
         )
         .bind(source_path)
         .bind(content_key)
@@ -296,10 +297,11 @@ impl Store {
         Ok(())
     }
 
-    /// Other batches with the same content that are submitted or on their way.
+    /// Other batches with the same content that are submitted or on their way (the fingerprint
+    /// column finds batches recorded before the content key was the full digest).
     pub async fn same_content(&self, content_key: &str, except_id: i64) -> Result<Vec<BatchRecord>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT * FROM batches WHERE content_key = ? AND id != ?
+            "SELECT * FROM batches WHERE (content_key = ?1 OR fingerprint = ?1) AND id != ?2
                AND state IN ('uploading', 'retry_wait', 'submitted') ORDER BY id",
         )
         .bind(content_key)

@@ -35,3 +35,16 @@ pub fn init(sink: Sink, json: bool, default_level: &str) {
         (Sink::Stderr, true) => builder.json().flatten_event(true).with_writer(std::io::stderr).try_init(),
     };
 }
+
+/// Runs blocking work (file I/O on a share, hashing, libssh2) on a blocking thread, inside the
+/// caller's span; a panic there resumes in the caller, so it ends the batch's task like any other.
+pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    let span = tracing::Span::current();
+    match tokio::task::spawn_blocking(move || span.in_scope(work)).await {
+        Ok(value) => value,
+        Err(e) => match e.try_into_panic() {
+            Ok(payload) => std::panic::resume_unwind(payload),
+            Err(e) => panic!("blocking work was cancelled: {e}"),
+        },
+    }
+}

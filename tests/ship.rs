@@ -91,8 +91,9 @@ fn many_files_over_several_sessions_arrive_complete() {
     let mut cfg = server.sftp_config();
     cfg.connections = 3;
     let progress = Progress::default();
-    let shipment =
-        ship(&cfg, &batch.dir, &checked.files, "2f1c9a3e-0000-4000-8000-000000000001", &progress, &AtomicBool::new(false)).unwrap();
+    let digests = jumio_batchd::fingerprint::hash_files(&batch.dir, &checked.files).unwrap();
+    let uuid = "2f1c9a3e-0000-4000-8000-000000000001";
+    let shipment = ship(&cfg, &batch.dir, &checked.files, &digests, uuid, &progress, &AtomicBool::new(false)).unwrap();
     assert_eq!(shipment.uploaded, 122);
     assert_eq!(progress.bytes_sent.load(std::sync::atomic::Ordering::SeqCst), checked.report.bytes);
     assert_eq!(tree(&server.home().join(&shipment.remote_dir)), expected_tree(&batch));

@@ -6,7 +6,10 @@ use jumio_batchd::validate::BatchFile;
 use std::collections::BTreeMap;
 
 fn files() -> Vec<BatchFile> {
-    vec![BatchFile { path: "input.csv".into(), size: 10 }, BatchFile { path: "img/a.png".into(), size: 20 }]
+    vec![
+        BatchFile { path: "input.csv".into(), size: 10, label: "input.csv".into() },
+        BatchFile { path: "img/a.png".into(), size: 20, label: "the image of row 1, frontImage".into() },
+    ]
 }
 
 /// A new store in its own temp dir (kept alive by the returned guard).

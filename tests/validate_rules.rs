@@ -175,6 +175,7 @@ fn customer_internal_reference_rules() {
 
 #[test]
 fn unknown_columns_are_warnings() {
+    check(&one_value("customer.nickname", "z"), &[], &[(None, Some("customer.nickname"), "unknown_column")]);
     check(&one_value("nickname", "z"), &[], &[(None, Some("nickname"), "unknown_column")]);
     let report = report(&one_value("FrontImage", ""));
     assert!(report.warnings[0].message.contains("frontImage"), "{:?}", report.warnings);
@@ -251,6 +252,12 @@ fn image_paths_must_stay_inside_the_batch() {
         ("img\\front.png", "image_path_backslash"),
         ("missing.png", "image_missing"),
         ("img", "image_not_a_file"),
+        ("./img/front.png", "image_path_not_canonical"),
+        ("img/./front.png", "image_path_not_canonical"),
+        ("img//front.png", "image_path_not_canonical"),
+        ("img/", "image_path_not_canonical"),
+        ("DONE", "image_named_like_marker"),
+        ("done", "image_named_like_marker"),
     ];
     for (path, code) in table {
         let batch = one_value("frontImage", path);
@@ -271,6 +278,64 @@ fn symlinks_inside_the_batch_are_followed_and_outside_refused() {
     let batch = one_value("frontImage", "link.png");
     std::os::unix::fs::symlink(outside.path().join("secret.png"), batch.path("link.png")).unwrap();
     check(&batch, &[(Some(1), Some("frontImage"), "image_outside_batch")], &[]);
+
+    // A linked folder anywhere in the path that leads out is refused too, not only the last part.
+    // (The link itself is a file no row names: a warning.)
+    let linked_folder = [(None, None, "unreferenced_file")];
+    let batch = one_value("frontImage", "imgs/secret.png");
+    std::os::unix::fs::symlink(outside.path(), batch.path("imgs")).unwrap();
+    check(&batch, &[(Some(1), Some("frontImage"), "image_outside_batch")], &linked_folder);
+    let batch = one_value("frontImage", "imgs/secret.png");
+    std::os::unix::fs::symlink("../../..", batch.path("imgs")).unwrap();
+    check(&batch, &[(Some(1), Some("frontImage"), "image_outside_batch")], &linked_folder);
+}
+
+#[test]
+fn special_files_are_refused_without_blocking_and_input_csv_never_leaves_the_batch() {
+    let fifo = |path: &std::path::Path| {
+        rustix::fs::mknodat(rustix::fs::CWD, path, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0).unwrap()
+    };
+    let batch = one_value("frontImage", "pipe.png");
+    fifo(&batch.path("pipe.png"));
+    check(&batch, &[(Some(1), Some("frontImage"), "image_not_a_file")], &[]);
+
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("input.csv"), MINIMAL.to_owned() + "10015,ref-1\n").unwrap();
+    for (target, code) in [
+        (outside.path().join("input.csv"), "input_csv_outside_batch"),
+        ("/dev/zero".into(), "input_csv_outside_batch"),
+        ("".into(), "input_csv_not_a_file"),
+    ] {
+        let batch = Batch::new("b");
+        if target.as_os_str().is_empty() {
+            fifo(&batch.path("input.csv"));
+        } else {
+            std::os::unix::fs::symlink(&target, batch.path("input.csv")).unwrap();
+        }
+        check(&batch, &[(None, None, code)], &[]);
+    }
+}
+
+#[test]
+fn an_oversized_csv_is_refused_without_reading_it_whole() {
+    let batch = Batch::new("b");
+    let file = std::fs::File::create(batch.path("input.csv")).unwrap();
+    file.set_len(jumio_batchd::validate::MAX_CSV_BYTES * 4).unwrap();
+    check(&batch, &[(None, None, "csv_too_large")], &[]);
+}
+
+#[test]
+fn a_csv_without_its_header_line_is_named_as_such_and_no_value_is_echoed() {
+    let row = fixtures::row(1);
+    let batch = Batch::new("b").csv(&format!("{row}\n{row}\n"));
+    let report = report(&batch);
+    assert_eq!(report.errors.iter().map(|p| p.code).collect::<Vec<_>>(), ["missing_header", "missing_column", "missing_column"]);
+    let text = serde_json::to_string(&report).unwrap() + &jumio_batchd::validate::render_text(&report);
+    for needle in fixtures::PERSONAL.iter().chain(&["203.0.113.7", "ref-00001"]) {
+        assert!(!text.contains(needle), "{needle} echoed: {text}");
+    }
+    // A header with one odd cell: named by its position, never quoted.
+    check(&one_value("Jane Doe", "x"), &[], &[(None, Some("#3"), "unknown_column")]);
 }
 
 #[test]

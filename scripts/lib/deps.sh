@@ -18,6 +18,11 @@ ensure_deps() {
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
+  # An SFTP server that is not OpenSSH, for tests/other_server.rs.
+  if ! python3 -c 'import asyncssh' 2>/dev/null; then
+    echo "installing: asyncssh (PyPI)" >&2
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore asyncssh >/dev/null
+  fi
   # sshd refuses to start as root without its privilege-separation directory.
   if [ "$(id -u)" = 0 ] && [ ! -d /run/sshd ]; then mkdir -p /run/sshd && chmod 0755 /run/sshd; fi
   cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt

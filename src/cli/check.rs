@@ -108,7 +108,12 @@ fn writable(dir: &Path) -> Result<String, String> {
 fn known_hosts(path: &Path, host: &str, port: u16) -> Result<String, String> {
     let scan = if port == 22 { format!("ssh-keyscan {host}") } else { format!("ssh-keyscan -p {port} {host}") };
     match std::fs::read_to_string(path) {
-        Ok(text) if text.lines().any(|l| !l.trim().is_empty() && !l.starts_with('#')) => Ok(path.display().to_string()),
+        Ok(text) if text.lines().any(|l| l.starts_with("@cert-authority")) => Err(format!(
+            "{} has @cert-authority lines, which jumio-batchd does not support (host certificates are not checked); list the server's host key itself: {scan} >> {}",
+            path.display(),
+            path.display()
+        )),
+        Ok(text) if text.lines().any(|l| !l.trim().is_empty() && !l.starts_with(['#', '@'])) => Ok(path.display().to_string()),
         Ok(_) => Err(format!(
             "{} is empty; add the server's key: {scan} > {} and compare its fingerprint (ssh-keygen -lf {}) with the Jumio Portal",
             path.display(),

@@ -68,6 +68,10 @@ pub enum Command {
         /// Handle every batch ready now (waiting for those in flight), then exit.
         #[arg(long)]
         once: bool,
+        /// Start with a new, empty state database although the drop folders show earlier batches
+        /// (the duplicate guard then knows none of them). Restore the database instead if you can.
+        #[arg(long)]
+        new_database: bool,
     },
     /// Show what the daemon has done: counts, uploads in flight, recent outcomes. Read-only.
     #[command(
@@ -93,8 +97,29 @@ pub enum Command {
     },
 }
 
+/// An error and its causes on one line, each cause once: most messages already quote their
+/// cause, and repeating it would only make the line harder to read.
+pub fn explain(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+/// Blocking work still running when a command is done (libssh2 waiting on a stalled server)
+/// gets this long before the process exits anyway.
+const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(future)
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = runtime.block_on(future);
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    result
 }
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -103,13 +128,13 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Status { json, batch } => block_on(status::run(cli.config.as_deref(), json, batch.as_deref())),
         Command::Check => block_on(check::run(cli.config.as_deref())),
         Command::Retry { batch } => block_on(retry::run(cli.config.as_deref(), &batch)),
-        Command::Run { once } => block_on(run::run(cli.config.as_deref(), once)),
+        Command::Run { once, new_database } => block_on(run::run(cli.config.as_deref(), once, new_database)),
         Command::Send { dir, json, allow_duplicate } => block_on(send::run(cli.config.as_deref(), &dir, json, allow_duplicate)),
     };
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("jumio-batchd: {e:#}");
+            eprintln!("jumio-batchd: {}", explain(&e));
             ExitCode::from(EXIT_USAGE)
         }
     }

@@ -12,8 +12,8 @@ use crate::batch::State;
 use crate::config::{Loaded, PathsConfig, Readiness, WatchConfig};
 use crate::folders::{self, folder_name, parse_claimed};
 use crate::lifecycle::{self, Held, Lifecycle, LifecycleError, Locks, Outcome};
-use crate::store::Store;
-use anyhow::Context as _;
+use crate::store::{Store, StoreError};
+use crate::telemetry::blocking;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -22,8 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
-/// How long in-flight uploads get to reach a safe point after SIGTERM.
-pub const SHUTDOWN_GRACE_SECS: u64 = 30;
+/// How long in-flight uploads get to reach a safe point after SIGTERM; with the runtime's own
+/// shutdown bound (cli) the process is gone within 30 s, before systemd's TimeoutStopSec.
+pub const SHUTDOWN_GRACE_SECS: u64 = 27;
 const DEBOUNCE: Duration = Duration::from_millis(150);
 /// A batch whose task ended in an error is left alone this long before it is tried again.
 const ERROR_BACKOFF: Duration = Duration::from_secs(60);
@@ -31,6 +32,31 @@ const ERROR_BACKOFF: Duration = Duration::from_secs(60);
 const NEVER_AGAIN: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 type TaskResult = (i64, Result<Outcome, LifecycleError>);
+
+/// Why the daemon cannot start or go on; each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Lock(#[from] lifecycle::LockError),
+    #[error("jumio-batchd is already running as {holder} on the state database {}; stop it first (or give this one its own [state] database)", database.display())]
+    AlreadyRunning { holder: lifecycle::Holder, database: PathBuf },
+    #[error("inbox {} does not exist or is not a folder; create it (or mount the share) and start again", .0.display())]
+    NoInbox(PathBuf),
+    #[error("cannot {what} {}: {source}; check that it exists and this user may read and write it", path.display())]
+    Folder { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("inbox {} and work {} are on different filesystems; claiming a batch must be an atomic rename: put work on the same filesystem as the inbox", inbox.display(), work.display())]
+    DifferentFilesystems { inbox: PathBuf, work: PathBuf },
+    #[error("{0} batch(es) could not be handled; the log above says why")]
+    Troubled(usize),
+    #[error("the state database {} does not exist, but {} holds earlier batches: starting with an empty database would forget what was already submitted and could ship it again. Restore the database from a backup to that path, or, if it is truly lost, start once with `jumio-batchd run --new-database` (already submitted batches are then not recognised as duplicates)", database.display(), history.display())]
+    DatabaseMissing { database: PathBuf, history: PathBuf },
+    #[error("the state database {} was deleted or replaced while running; stopped so nothing is shipped without its record. Restore it, then start again", .0.display())]
+    DatabaseGone(PathBuf),
+}
 
 pub struct Daemon {
     life: Arc<Lifecycle>,
@@ -48,6 +74,9 @@ pub struct Daemon {
     pub troubled: usize,
     settle: inbox::Settle,
     inbox_missing: bool,
+    database: PathBuf,
+    /// (device, inode) of the database file at start.
+    database_file: Option<(u64, u64)>,
     _lock: Held,
 }
 
@@ -68,19 +97,20 @@ impl Step {
 impl Daemon {
     /// Takes the database's daemon lock, checks the folders and opens the store; refuses to
     /// start with a clear message otherwise.
-    pub async fn start(loaded: &Loaded) -> anyhow::Result<Daemon> {
+    pub async fn start(loaded: &Loaded, new_database: bool) -> Result<Daemon, DaemonError> {
         let paths = loaded.paths()?.clone();
         let sftp = loaded.sftp()?.clone();
         let database = &loaded.config.state.database;
-        let lock = match Locks::beside(database).daemon()? {
-            Ok(lock) => lock,
-            Err(holder) => anyhow::bail!(
-                "jumio-batchd is already running as {holder} on the state database {}; stop it first (or give this one its own [state] database)",
-                database.display()
-            ),
-        };
+        let lock =
+            Locks::beside(database).daemon()?.map_err(|holder| DaemonError::AlreadyRunning { holder, database: database.clone() })?;
         prepare_folders(&paths)?;
+        if !database.exists() && !new_database {
+            if let Some(history) = [&paths.work, &paths.done, &paths.failed, &paths.rejected].into_iter().find(|d| holds_anything(d)) {
+                return Err(DaemonError::DatabaseMissing { database: database.clone(), history: history.clone() });
+            }
+        }
         let store = Store::open(database).await?;
+        let database_file = file_identity(database);
         let life = Lifecycle::new(store, &loaded.config, sftp, Arc::new(AtomicBool::new(false)));
         forget_unclaimed(&life, &paths.work).await?;
         Ok(Daemon {
@@ -95,8 +125,15 @@ impl Daemon {
             troubled: 0,
             settle: inbox::Settle::default(),
             inbox_missing: false,
+            database: database.clone(),
+            database_file,
             _lock: lock,
         })
+    }
+
+    /// False once the database file was deleted or replaced under the running daemon.
+    pub fn database_is_ours(&self) -> bool {
+        file_identity(&self.database) == self.database_file
     }
 
     pub fn store(&self) -> &Store {
@@ -109,7 +146,7 @@ impl Daemon {
 
     /// Settles the tasks that ended, resumes what is in work/ (recovered after a restart, due
     /// for a retry, or sent back by `retry`), then claims ready batches while there is capacity.
-    pub async fn step(&mut self) -> anyhow::Result<Step> {
+    pub async fn step(&mut self) -> Result<Step, DaemonError> {
         let mut step = Step::default();
         self.settle_ended().await;
         if self.life.stop.load(Ordering::SeqCst) {
@@ -120,12 +157,14 @@ impl Daemon {
         Ok(step)
     }
 
-    async fn resume_work(&mut self, step: &mut Step) -> anyhow::Result<usize> {
+    async fn resume_work(&mut self, step: &mut Step) -> Result<usize, DaemonError> {
         let mut resumed = 0;
-        let work = &self.paths.work;
-        let dirs = std::fs::read_dir(work).with_context(|| format!("reading {}", work.display()))?;
-        let mut dirs: Vec<PathBuf> = dirs.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()).collect();
-        dirs.sort();
+        let work = self.paths.work.clone();
+        let dirs = blocking(move || folders_in(&work)).await.map_err(|source| DaemonError::Folder {
+            what: "read",
+            path: self.paths.work.clone(),
+            source,
+        })?;
         let now = Instant::now();
         for dir in dirs {
             if self.running.len() >= self.watch.max_parallel_batches {
@@ -161,7 +200,7 @@ impl Daemon {
     }
 
     /// The record a folder in work/ belongs to: by the id in its name, else adopted.
-    async fn identify(&self, dir: &Path, name: &str) -> anyhow::Result<Option<(i64, PathBuf)>> {
+    async fn identify(&self, dir: &Path, name: &str) -> Result<Option<(i64, PathBuf)>, DaemonError> {
         if let Some((id, dropped)) = parse_claimed(name) {
             if self.running.contains_key(&id) {
                 return Ok(Some((id, dir.to_path_buf())));
@@ -184,13 +223,23 @@ impl Daemon {
 
     async fn claim_ready(&mut self, step: &mut Step) {
         let paths = self.paths.clone();
-        let entries = match inbox::scan(&paths.inbox) {
-            Ok(entries) => {
+        // Scanning (a share, perhaps) and snapshotting folders is blocking work.
+        let (inbox, watch, mut settle) = (paths.inbox.clone(), self.watch.clone(), std::mem::take(&mut self.settle));
+        let (settle, scanned) = blocking(move || {
+            let scanned = inbox::scan(&inbox).map(|entries| {
+                settle.ready(&inbox, &entries, watch.ready, &watch.marker, Duration::from_secs(watch.settle_secs), Instant::now())
+            });
+            (settle, scanned)
+        })
+        .await;
+        self.settle = settle;
+        let (ready, next) = match scanned {
+            Ok(found) => {
                 if self.inbox_missing {
                     tracing::info!(inbox = %paths.inbox.display(), "inbox is readable again");
                     self.inbox_missing = false;
                 }
-                entries
+                found
             }
             Err(e) => {
                 if !self.inbox_missing {
@@ -200,9 +249,6 @@ impl Daemon {
                 return;
             }
         };
-        let watch = &self.watch;
-        let (ready, next) =
-            self.settle.ready(&paths.inbox, &entries, watch.ready, &watch.marker, Duration::from_secs(watch.settle_secs), Instant::now());
         if let Some(next) = next {
             step.wake_by(next);
         }
@@ -212,23 +258,28 @@ impl Daemon {
             }
             let src = paths.inbox.join(&entry.name);
             self.settle.forget(&entry.name);
+            let name = folders::shown(&entry.name);
             if !entry.is_dir {
-                match lifecycle::file_loose(&src, &paths.rejected) {
+                let (file, rejected) = (src.clone(), paths.rejected.clone());
+                match blocking(move || lifecycle::file_loose(&file, &rejected)).await {
                     Ok(to) => {
-                        tracing::warn!(file = %entry.name, to = %to.display(), "a loose file in the inbox is not a batch; filed with a report")
+                        tracing::warn!(file = %name, to = %to.display(), "a loose file in the inbox is not a batch; filed with a report")
                     }
-                    Err(e) => tracing::error!(file = %entry.name, "cannot move a loose file out of the inbox: {e}"),
+                    Err(e) => tracing::error!(file = %name, "cannot move a loose file out of the inbox: {e}"),
                 }
                 continue;
             }
-            match self.life.claim(&src, &entry.name, &paths.work).await {
+            match self.life.claim(&src, &name, &paths.work).await {
                 Ok(Some((record, dir))) => {
                     tracing::info!(batch = %record.name, id = record.id, "claimed from the inbox");
                     step.claimed += 1;
                     self.spawn(record.id, dir);
                 }
-                Ok(None) => tracing::info!(batch = %entry.name, "left the inbox before it could be claimed"),
-                Err(e) => tracing::error!(batch = %entry.name, "cannot claim: {e}"),
+                Ok(None) => tracing::info!(batch = %name, "left the inbox before it could be claimed"),
+                Err(e) => {
+                    tracing::error!(batch = %name, "cannot claim: {e}");
+                    self.troubled += 1;
+                }
             }
         }
     }
@@ -326,7 +377,7 @@ fn panic_message(e: tokio::task::JoinError) -> String {
 
 /// Claims whose folder never reached work/ (a crash between the record and the rename):
 /// the folder is still in the inbox and will be claimed again under a new record.
-async fn forget_unclaimed(life: &Lifecycle, work: &Path) -> anyhow::Result<()> {
+async fn forget_unclaimed(life: &Lifecycle, work: &Path) -> Result<(), DaemonError> {
     for record in life.store.in_state(State::Discovered).await? {
         let folder = Path::new(&record.source_path);
         if folder.starts_with(work) && !folder.exists() && life.store.forget_unclaimed(record.id).await? {
@@ -337,8 +388,8 @@ async fn forget_unclaimed(life: &Lifecycle, work: &Path) -> anyhow::Result<()> {
 }
 
 /// Runs until `shutdown` resolves (or, with `once`, until every batch ready now is handled).
-pub async fn run(loaded: &Loaded, shutdown: impl Future<Output = ()>, once: bool) -> anyhow::Result<()> {
-    let mut daemon = Daemon::start(loaded).await?;
+pub async fn run(loaded: &Loaded, shutdown: impl Future<Output = ()>, once: bool, new_database: bool) -> Result<(), DaemonError> {
+    let mut daemon = Daemon::start(loaded, new_database).await?;
     let paths = loaded.paths()?;
     let (mut watch, mut events) = watch::InboxWatch::new(&paths.inbox, loaded.config.watch.events);
     let poll = Duration::from_secs(loaded.config.watch.poll_secs);
@@ -357,6 +408,11 @@ pub async fn run(loaded: &Loaded, shutdown: impl Future<Output = ()>, once: bool
     loop {
         heartbeat.beat();
         watch.ensure();
+        if !daemon.database_is_ours() {
+            tracing::error!("the state database was deleted or replaced while running; stopping");
+            daemon.shutdown(Duration::from_secs(SHUTDOWN_GRACE_SECS)).await;
+            return Err(DaemonError::DatabaseGone(loaded.config.state.database.clone()));
+        }
         let step = daemon.step().await?;
         let line = daemon.status_line().await;
         if line != last_status {
@@ -385,24 +441,42 @@ pub async fn run(loaded: &Loaded, shutdown: impl Future<Output = ()>, once: bool
     daemon.store().close().await;
     tracing::info!("jumio-batchd stopped");
     if once && daemon.troubled > 0 {
-        anyhow::bail!("{} batch(es) could not be handled; the log above says why", daemon.troubled);
+        return Err(DaemonError::Troubled(daemon.troubled));
     }
     Ok(())
 }
 
-fn prepare_folders(paths: &PathsConfig) -> anyhow::Result<()> {
+fn prepare_folders(paths: &PathsConfig) -> Result<(), DaemonError> {
     if !paths.inbox.is_dir() {
-        anyhow::bail!("inbox {} does not exist or is not a folder; create it (or mount the share) and start again", paths.inbox.display());
+        return Err(DaemonError::NoInbox(paths.inbox.clone()));
     }
     for dir in [&paths.work, &paths.done, &paths.rejected, &paths.failed] {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|source| DaemonError::Folder { what: "create", path: dir.clone(), source })?;
     }
-    if !folders::same_filesystem(&paths.inbox, &paths.work)? {
-        anyhow::bail!(
-            "inbox {} and work {} are on different filesystems; claiming a batch must be an atomic rename: put work on the same filesystem as the inbox",
-            paths.inbox.display(),
-            paths.work.display()
-        );
+    let same = folders::same_filesystem(&paths.inbox, &paths.work).map_err(|source| DaemonError::Folder {
+        what: "inspect",
+        path: paths.work.clone(),
+        source,
+    })?;
+    if !same {
+        return Err(DaemonError::DifferentFilesystems { inbox: paths.inbox.clone(), work: paths.work.clone() });
     }
     Ok(())
+}
+
+fn holds_anything(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
+}
+
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// The folders directly in `dir`, sorted.
+fn folders_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut found: Vec<PathBuf> =
+        std::fs::read_dir(dir)?.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()).collect();
+    found.sort();
+    Ok(found)
 }

@@ -7,6 +7,7 @@ use crate::fingerprint;
 use crate::receipt::Receipt;
 use crate::ship::{self, Progress, ShipError};
 use crate::store::{BatchRecord, Change, Store};
+use crate::telemetry::blocking;
 use chrono::{DateTime, Utc};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -68,19 +69,11 @@ impl Lifecycle {
         }
     }
 
-    /// A batch submitted or in flight with the same content. For submitted ones the full
-    /// fingerprint is compared, which costs a local hashing pass, only when the cheap key matches.
-    /// Fails closed: content that cannot be read is never shipped.
+    /// A batch submitted or in flight with the same content (the same digest of every file),
+    /// the one in flight first.
     async fn duplicate_of(&self, claim: &Claim) -> Result<Option<BatchRecord>, LifecycleError> {
         let others = self.store.same_content(&claim.record.content_key, claim.record.id).await?;
-        if let Some(in_flight) = others.iter().find(|o| o.state.is_in_flight()) {
-            return Ok(Some(in_flight.clone()));
-        }
-        if others.is_empty() {
-            return Ok(None);
-        }
-        let mine = self.local_fingerprint(&claim.record.name, &claim.dir, &claim.checked).await?;
-        Ok(others.into_iter().find(|o| o.fingerprint.as_deref() == Some(mine.as_str())))
+        Ok(others.iter().find(|o| o.state.is_in_flight()).or(others.first()).cloned())
     }
 
     async fn refuse_duplicate(&self, claim: &Claim, of: BatchRecord) -> Result<Outcome, LifecycleError> {
@@ -97,15 +90,11 @@ impl Lifecycle {
 
     async fn upload(&self, record: &BatchRecord, claim: &Claim) -> Result<ship::Shipment, ShipError> {
         let progress = Arc::new(Progress::default());
-        let reporter = tokio::spawn(report_progress(self.store.clone(), record.id, progress.clone()));
+        let _reporter = AbortOnDrop(tokio::spawn(report_progress(self.store.clone(), record.id, progress.clone())));
         let (cfg, root, list, stop) = (self.sftp.clone(), claim.dir.clone(), claim.checked.files.clone(), self.stop.clone());
+        let digests = claim.digests.clone();
         let uuid = record.remote_uuid.clone().expect("an uploading batch has a UUID");
-        let span = tracing::Span::current();
-        let result = tokio::task::spawn_blocking(move || span.in_scope(|| ship::ship(&cfg, &root, &list, &uuid, &progress, &stop)))
-            .await
-            .unwrap_or_else(|e| Err(ShipError::Ssh { what: "upload".into(), message: format!("upload task ended abnormally: {e}") }));
-        reporter.abort();
-        result
+        blocking(move || ship::ship(&cfg, &root, &list, &digests, &uuid, &progress, &stop)).await
     }
 
     async fn finish(
@@ -164,6 +153,15 @@ pub fn duplicate_message(of: &BatchRecord) -> String {
             format!("duplicate of {}, submitted {} as {uuid}; send with --allow-duplicate to submit it again", of.name, at.to_rfc3339())
         }
         None => format!("duplicate of {}, being uploaded now as {uuid}; send with --allow-duplicate to submit it again", of.name),
+    }
+}
+
+/// Ends the progress reporter however the upload ends (a panic included).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

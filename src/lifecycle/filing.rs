@@ -115,8 +115,29 @@ pub fn file_loose(file: &Path, rejected: &Path) -> std::io::Result<PathBuf> {
     Ok(holder)
 }
 
+/// Writes a report into the batch folder under `name`. A report of ours already there (from a
+/// filing a crash interrupted, or a batch dropped again with its old report) is replaced; a file
+/// of the dropper's with that name is kept, and ours becomes `stem-2.ext`.
 fn write(dir: &Path, name: &str, text: &str) -> std::io::Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     std::fs::write(&tmp, text)?;
-    std::fs::rename(tmp, dir.join(name))
+    let target = dir.join(name);
+    let theirs = std::fs::symlink_metadata(&target).is_ok() && !std::fs::read(&target).is_ok_and(|old| written_by_us(name, &old));
+    if theirs {
+        return crate::folders::place_unique(&tmp, dir, name).map(drop);
+    }
+    std::fs::rename(tmp, target)
+}
+
+/// Recognises a report jumio-batchd wrote, by its shape.
+fn written_by_us(name: &str, bytes: &[u8]) -> bool {
+    let keys = |required: &[&str]| {
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(bytes)
+            .is_ok_and(|o| required.iter().all(|k| o.contains_key(*k)))
+    };
+    match name {
+        RECEIPT_FILE => keys(&["id", "remote_uuid", "files_sha256"]),
+        ERRORS_FILE => keys(&["batch", "valid", "errors", "warnings"]),
+        _ => bytes.starts_with(b"Batch \""),
+    }
 }

@@ -19,7 +19,9 @@ use crate::fingerprint;
 use crate::folders::{self, claimed_name, folder_name};
 use crate::receipt::Receipt;
 use crate::store::{BatchRecord, Change, Contents, Store, StoreError};
+use crate::telemetry::blocking;
 use crate::validate::{self, Report, Validated};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -57,8 +59,8 @@ pub enum LifecycleError {
     Unreadable(#[from] validate::Unreadable),
     #[error("cannot read batch {name} to fingerprint it ({source}); it was not shipped: check that every file of the folder is readable")]
     Fingerprint { name: String, source: std::io::Error },
-    #[error("cannot {what} {} into {}: {source}; check that the folder exists and this user may write to it", from.display(), to.display())]
-    Move { what: &'static str, from: PathBuf, to: PathBuf, source: std::io::Error },
+    #[error("cannot {what} {from} into {to}: {source}; check that the folder exists and this user may write to it")]
+    Move { what: &'static str, from: String, to: String, source: std::io::Error },
     #[error("batch {id} has no record in the state database; was the database replaced?")]
     NoRecord { id: i64 },
 }
@@ -69,6 +71,8 @@ pub struct Claim {
     pub record: BatchRecord,
     pub dir: PathBuf,
     pub checked: Validated,
+    /// sha256 of each file as it was checked: what the upload must send.
+    pub digests: BTreeMap<String, String>,
     _lock: Held,
 }
 
@@ -109,9 +113,10 @@ impl Lifecycle {
         let checked = self.validate(dir).await?;
         let source = source_path(dir);
         let name = checked.report.batch.clone();
-        let key = content_key(dir, &checked, &name)?;
+        let (key, digests) = self.digest(&name, dir, &checked).await?;
         let contents = contents_of(&key, &checked);
-        let _admitting = self.locks.admission()?;
+        let locks = self.locks.clone();
+        let _admitting = blocking(move || locks.admission()).await?;
         if !checked.report.valid {
             let record = self.store.insert(&name, &source, &contents).await?;
             let record = self.reject_invalid(record, &checked.report).await?;
@@ -123,32 +128,34 @@ impl Lifecycle {
                 Err(holder) => return Ok(Admitted::Finished(Box::new(Outcome::Busy { record, holder }))),
             };
             let record = self.reopen(record).await?;
-            return Ok(Admitted::Ready(Box::new(Claim { record, dir: dir.to_path_buf(), checked, _lock: lock })));
+            return Ok(Admitted::Ready(Box::new(Claim { record, dir: dir.to_path_buf(), checked, digests, _lock: lock })));
         }
         if let Some(record) = self.store.submitted_from(&source, &key).await? {
-            if record.fingerprint.as_deref() == Some(self.local_fingerprint(&name, dir, &checked).await?.as_str()) {
-                let receipt = Receipt::stored(&record, self.store.shipped_hashes(record.id).await?);
-                return Ok(Admitted::Finished(Box::new(Outcome::AlreadySubmitted { record, receipt })));
-            }
+            let receipt = Receipt::stored(&record, self.store.shipped_hashes(record.id).await?);
+            return Ok(Admitted::Finished(Box::new(Outcome::AlreadySubmitted { record, receipt })));
         }
         let record = self.store.insert(&name, &source, &contents).await?;
         let lock = self.locks.batch(record.id)?.unwrap_or_else(|holder| panic!("bug: a new batch is locked by {holder}"));
         let record = self.store.transition(record.id, State::Discovered, State::Validated, Change::default()).await?.unwrap_or(record);
-        Ok(Admitted::Ready(Box::new(Claim { record, dir: dir.to_path_buf(), checked, _lock: lock })))
+        Ok(Admitted::Ready(Box::new(Claim { record, dir: dir.to_path_buf(), checked, digests, _lock: lock })))
     }
 
     /// The daemon claims `src` from the inbox: a record first, then the folder moves to
     /// `work/<id>.<name>`. `None` when the folder was gone before it could move.
     pub async fn claim(&self, src: &Path, name: &str, work: &Path) -> Result<Option<(BatchRecord, PathBuf)>, LifecycleError> {
         let record = self.store.claim(name, |id| work.join(claimed_name(id, name)).display().to_string()).await?;
-        let to = PathBuf::from(&record.source_path);
-        match folders::rename_no_replace(src, &to) {
+        let (from, to) = (src.to_path_buf(), PathBuf::from(&record.source_path));
+        let moved = {
+            let (from, to) = (from.clone(), to.clone());
+            blocking(move || folders::rename_no_replace(&from, &to)).await
+        };
+        match moved {
             Ok(()) => Ok(Some((record, to))),
             Err(source) => {
                 self.store.forget_unclaimed(record.id).await?;
                 match source.kind() {
                     std::io::ErrorKind::NotFound => Ok(None),
-                    _ => Err(LifecycleError::Move { what: "claim", from: src.to_path_buf(), to, source }),
+                    _ => Err(moving("claim", &from, &to, source)),
                 }
             }
         }
@@ -161,13 +168,12 @@ impl Lifecycle {
         let Some(record) = self.store.unfinished_at(&source_path(dir)).await? else {
             return self.claim(dir, &name, work).await;
         };
-        let to = work.join(claimed_name(record.id, &record.name));
-        folders::rename_no_replace(dir, &to).map_err(|source| LifecycleError::Move {
-            what: "adopt",
-            from: dir.to_path_buf(),
-            to: to.clone(),
-            source,
-        })?;
+        let (from, to) = (dir.to_path_buf(), work.join(claimed_name(record.id, &record.name)));
+        let moved = {
+            let (from, to) = (from.clone(), to.clone());
+            blocking(move || folders::rename_no_replace(&from, &to)).await
+        };
+        moved.map_err(|source| moving("adopt", &from, &to, source))?;
         self.store.set_source_path(record.id, &to.display().to_string()).await?;
         Ok(Some((record, to)))
     }
@@ -195,8 +201,8 @@ impl Lifecycle {
     async fn advance(&self, record: BatchRecord, dir: &Path, lock: Held) -> Result<Outcome, LifecycleError> {
         let mut checked = self.validate(dir).await?;
         checked.report.batch = record.name.clone();
-        let key = match content_key(dir, &checked, &record.name) {
-            Ok(key) => key,
+        let (key, digests) = match self.digest(&record.name, dir, &checked).await {
+            Ok(digested) => digested,
             Err(e) => return self.fail(record, &e.to_string()).await,
         };
         let record = if record.state == State::Discovered {
@@ -214,7 +220,7 @@ impl Lifecycle {
         } else {
             record
         };
-        let mut claim = Claim { record, dir: dir.to_path_buf(), checked, _lock: lock };
+        let mut claim = Claim { record, dir: dir.to_path_buf(), checked, digests, _lock: lock };
         self.attempt(&mut claim, false).await
     }
 
@@ -247,10 +253,7 @@ impl Lifecycle {
         let Some(summary) = outcome_owned else { return Ok(None) };
         let record_id = outcome_record(outcome).id;
         let (from, target) = (dir.clone(), summary.destination(&drops).to_path_buf());
-        let moved = tokio::task::spawn_blocking(move || summary.write(&dir, &drops))
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(format!("filing task ended abnormally: {e}"))))
-            .map_err(|source| LifecycleError::Move { what: "file", from, to: target, source })?;
+        let moved = blocking(move || summary.write(&dir, &drops)).await.map_err(|source| moving("file", &from, &target, source))?;
         self.store.set_filed_path(record_id, &moved.display().to_string()).await?;
         Ok(Some(moved))
     }
@@ -268,7 +271,8 @@ impl Lifecycle {
             state if state.is_finished() => self.recover(record, dir).await?,
             _ => self.fail(record, &format!("internal error: {why}; please report it (the batch was not submitted)")).await?,
         };
-        if dir.is_dir() {
+        let folder = dir.to_path_buf();
+        if blocking(move || folder.is_dir()).await {
             self.file(&outcome, dir, drops).await?;
         }
         Ok(outcome)
@@ -301,23 +305,22 @@ impl Lifecycle {
         Ok(record)
     }
 
-    /// The full fingerprint of what `dir` holds now (every file hashed): what a submitted
-    /// batch's record keeps, to tell the same content from a changed one of the same sizes.
-    async fn local_fingerprint(&self, name: &str, dir: &Path, checked: &Validated) -> Result<String, LifecycleError> {
+    /// The digest of what was checked: every file hashed right after validation. Its
+    /// fingerprint is the batch's content key. Fails closed: unreadable content is not shipped.
+    async fn digest(&self, name: &str, dir: &Path, checked: &Validated) -> Result<(String, BTreeMap<String, String>), LifecycleError> {
+        if !checked.report.valid {
+            return Ok((String::new(), BTreeMap::new()));
+        }
         let (root, list) = (dir.to_path_buf(), checked.files.clone());
-        let hashes = tokio::task::spawn_blocking(move || fingerprint::hash_files(&root, &list))
+        let hashes = blocking(move || fingerprint::hash_files(&root, &list))
             .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
             .map_err(|source| LifecycleError::Fingerprint { name: name.to_owned(), source })?;
-        Ok(fingerprint::fingerprint(&checked.files, &hashes))
+        Ok((fingerprint::fingerprint(&checked.files, &hashes), hashes))
     }
 
     async fn validate(&self, dir: &Path) -> Result<Validated, LifecycleError> {
         let (path, marker) = (dir.to_path_buf(), self.marker.clone());
-        tokio::task::spawn_blocking(move || validate::validate(&path, Some(&marker)))
-            .await
-            .unwrap_or_else(|e| Err(validate::Unreadable { path: dir.to_path_buf(), source: std::io::Error::other(e.to_string()) }))
-            .map_err(LifecycleError::from)
+        Ok(blocking(move || validate::validate(&path, Some(&marker))).await?)
     }
 }
 
@@ -340,8 +343,9 @@ pub fn outcome_record(outcome: &Outcome) -> &BatchRecord {
     }
 }
 
-fn content_key(dir: &Path, checked: &Validated, name: &str) -> Result<String, LifecycleError> {
-    fingerprint::content_key(dir, &checked.files).map_err(|source| LifecycleError::Fingerprint { name: name.to_owned(), source })
+fn moving(what: &'static str, from: &Path, to: &Path, source: std::io::Error) -> LifecycleError {
+    let shown = |p: &Path| folders::shown(&p.display().to_string());
+    LifecycleError::Move { what, from: shown(from), to: shown(to), source }
 }
 
 fn contents_of<'a>(key: &'a str, checked: &'a Validated) -> Contents<'a> {

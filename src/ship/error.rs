@@ -22,8 +22,15 @@ pub enum ShipError {
         known_hosts.display()
     )]
     HostKeyChanged { addr: String, known_hosts: PathBuf, key_type: String, fingerprint: String },
+    #[error(
+        "host key of {addr} ({fingerprint}) is marked @revoked in {}: it must never be accepted. Ask Jumio for the server's current key",
+        known_hosts.display()
+    )]
+    HostKeyRevoked { addr: String, known_hosts: PathBuf, fingerprint: String },
     #[error("private key {} is readable by group or others (mode {mode:o}); run `chmod 600 {}`", path.display(), path.display())]
     KeyPermissions { path: PathBuf, mode: u32 },
+    #[error("private key {} is protected by a passphrase, which a service cannot type; use a key without one (`ssh-keygen -p -N '' -f {}` on a copy) and register its public half in the Jumio Portal", path.display(), path.display())]
+    KeyHasPassphrase { path: PathBuf },
     #[error("private key {} cannot be read: {source}", path.display())]
     KeyUnreadable { path: PathBuf, source: std::io::Error },
     #[error("{addr} refused key authentication for user {user} with {}: check sftp.user and that the key's public half is registered in the Jumio Portal", key.display())]
@@ -34,12 +41,12 @@ pub enum ShipError {
     RemoteMissing { path: String },
     #[error("the server's disk or quota is full while writing {path}; it will be retried")]
     RemoteFull { path: String },
-    #[error("{path} on the server has {remote} bytes after upload, expected {local}")]
-    SizeMismatch { path: String, local: u64, remote: u64 },
-    #[error("{} changed while it was being shipped ({reason}); the batch must stay untouched once claimed", path.display())]
-    LocalChanged { path: PathBuf, reason: String },
-    #[error("cannot read {}: {source}", path.display())]
-    LocalRead { path: PathBuf, source: std::io::Error },
+    #[error("{file} has {remote} bytes on the server after upload, expected {local}")]
+    SizeMismatch { file: String, local: u64, remote: u64 },
+    #[error("{file} changed after the batch was validated ({reason}); nothing of a batch may change once dropped: drop the corrected batch as a new one")]
+    LocalChanged { file: String, reason: String },
+    #[error("cannot read {file} of the batch: {source}")]
+    LocalRead { file: String, source: std::io::Error },
     #[error("{what} failed: {message}")]
     Ssh { what: String, message: String },
     #[error("stopped before DONE: shutdown requested")]
@@ -54,8 +61,10 @@ impl ShipError {
             ShipError::KnownHostsUnreadable { .. }
                 | ShipError::HostKeyUnknown { .. }
                 | ShipError::HostKeyChanged { .. }
+                | ShipError::HostKeyRevoked { .. }
                 | ShipError::KeyPermissions { .. }
                 | ShipError::KeyUnreadable { .. }
+                | ShipError::KeyHasPassphrase { .. }
                 | ShipError::AuthRefused { .. }
                 | ShipError::PermissionDenied { .. }
                 | ShipError::RemoteMissing { .. }
@@ -71,12 +80,16 @@ impl ShipError {
         const FX_PERMISSION_DENIED: i32 = 3;
         const FX_NO_SPACE_ON_FILESYSTEM: i32 = 14;
         const FX_QUOTA_EXCEEDED: i32 = 15;
+        let what_path = if path.is_empty() { what.to_owned() } else { format!("{what} {path}") };
         match e.code() {
-            ssh2::ErrorCode::Session(LIBSSH2_ERROR_TIMEOUT) => ShipError::Timeout { what: what.to_owned(), addr: addr.to_owned(), secs },
+            ssh2::ErrorCode::Session(LIBSSH2_ERROR_TIMEOUT) => ShipError::Timeout { what: what_path, addr: addr.to_owned(), secs },
             ssh2::ErrorCode::SFTP(FX_NO_SUCH_FILE) => ShipError::RemoteMissing { path: path.to_owned() },
             ssh2::ErrorCode::SFTP(FX_PERMISSION_DENIED) => ShipError::PermissionDenied { path: path.to_owned() },
             ssh2::ErrorCode::SFTP(FX_NO_SPACE_ON_FILESYSTEM | FX_QUOTA_EXCEEDED) => ShipError::RemoteFull { path: path.to_owned() },
-            _ => ShipError::Ssh { what: format!("{what} {path}"), message: e.message().to_owned() },
+            ssh2::ErrorCode::SFTP(status) => {
+                ShipError::Ssh { what: what_path, message: format!("the server answered SFTP status {status} ({})", e.message()) }
+            }
+            _ => ShipError::Ssh { what: what_path, message: e.message().to_owned() },
         }
     }
 }

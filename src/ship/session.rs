@@ -70,19 +70,56 @@ impl Connection {
         }))
     }
 
+    /// Classifies a failure of this session. A failed session is never used again, so from now
+    /// on its calls (closing handles, the disconnect) wait at most a second: a stalled server
+    /// costs one timeout, not one per handle.
     pub fn error(&self, e: ssh2::Error, what: &str, path: &str) -> ShipError {
+        self.failed();
         ShipError::from_ssh(e, what, path, &self.addr, self.timeout_secs)
+    }
+
+    /// Marks the session failed: its remaining calls wait at most a second.
+    pub fn failed(&self) {
+        self.session.set_timeout(DISCONNECT_TIMEOUT_MS);
     }
 }
 
-/// Refuses a private key readable by group or others, as ssh does.
+/// Every session ends with an SSH disconnect, done or abandoned, so the server sees a clean end
+/// instead of a reset; bounded, so a stalled server cannot hold us.
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.session.set_timeout(DISCONNECT_TIMEOUT_MS);
+        let _ = self.session.disconnect(Some(ssh2::DisconnectCode::ByApplication), "jumio-batchd: done", None);
+    }
+}
+
+const DISCONNECT_TIMEOUT_MS: u32 = 1000;
+
+/// Refuses a private key readable by group or others, as ssh does, and one protected by a
+/// passphrase (nobody is there to type it).
 pub fn check_private_key(cfg: &SftpConfig) -> Result<(), ShipError> {
-    let meta = std::fs::metadata(&cfg.private_key).map_err(|source| ShipError::KeyUnreadable { path: cfg.private_key.clone(), source })?;
+    let unreadable = |source| ShipError::KeyUnreadable { path: cfg.private_key.clone(), source };
+    let meta = std::fs::metadata(&cfg.private_key).map_err(unreadable)?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(ShipError::KeyPermissions { path: cfg.private_key.clone(), mode });
     }
+    if has_passphrase(&std::fs::read_to_string(&cfg.private_key).map_err(unreadable)?) {
+        return Err(ShipError::KeyHasPassphrase { path: cfg.private_key.clone() });
+    }
     Ok(())
+}
+
+/// PEM keys say `ENCRYPTED`; OpenSSH's own format names its cipher (`none` when unprotected).
+fn has_passphrase(key: &str) -> bool {
+    if key.contains("ENCRYPTED") {
+        return true;
+    }
+    let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(body.trim()) else { return false };
+    let Some(rest) = bytes.strip_prefix(b"openssh-key-v1\0") else { return false };
+    let len = rest.get(..4).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    rest.get(4..4 + len).is_some_and(|cipher| cipher != b"none")
 }
 
 fn handshake(cfg: &SftpConfig, addr: &str, algorithm: &str) -> Result<(Session, quickack::Installed), ShipError> {
@@ -118,7 +155,7 @@ fn handshake(cfg: &SftpConfig, addr: &str, algorithm: &str) -> Result<(Session, 
     }
     let acks = quickack::install(&session);
     session.set_tcp_stream(stream);
-    session.handshake().map_err(|e| ShipError::from_ssh(e, "SSH handshake with", addr, addr, cfg.timeout_secs))?;
+    session.handshake().map_err(|e| ShipError::from_ssh(e, "the SSH handshake", "", addr, cfg.timeout_secs))?;
     Ok((session, acks))
 }
 
@@ -130,6 +167,13 @@ fn verify_host_key(cfg: &SftpConfig, addr: &str, session: &Session) -> Result<bo
     let (key, key_type) =
         session.host_key().ok_or_else(|| ShipError::Ssh { what: "reading the host key".into(), message: "no key".into() })?;
     let offered = key_type_name(key_type);
+    if is_revoked(&text, key) {
+        return Err(ShipError::HostKeyRevoked {
+            addr: addr.to_owned(),
+            known_hosts: cfg.known_hosts.clone(),
+            fingerprint: fingerprint(session),
+        });
+    }
     // libssh2 compares a host's keys of every type; give it only the lines of the offered type,
     // so "no key of this type" and "a different key" can be told apart.
     let mut known = session.known_hosts().map_err(|e| unreadable(e.to_string()))?;
@@ -149,6 +193,15 @@ fn verify_host_key(cfg: &SftpConfig, addr: &str, session: &Session) -> Result<bo
         }),
         CheckResult::NotFound | CheckResult::Failure => Ok(false),
     }
+}
+
+/// OpenSSH's `@revoked` marker: the key on that line must never be accepted, whatever else
+/// the file says (libssh2 ignores marker lines).
+fn is_revoked(known_hosts: &str, key: &[u8]) -> bool {
+    let engine = base64::engine::general_purpose::STANDARD;
+    known_hosts.lines().map(str::split_whitespace).any(|mut fields| {
+        fields.next() == Some("@revoked") && fields.nth(2).and_then(|blob| engine.decode(blob).ok()).is_some_and(|blob| blob == key)
+    })
 }
 
 fn unknown_key_error(cfg: &SftpConfig, addr: &str, session: &Session) -> ShipError {
@@ -187,12 +240,12 @@ fn key_type_name(key_type: HostKeyType) -> &'static str {
 fn authenticate(cfg: &SftpConfig, addr: String, session: Session, acks: quickack::Installed) -> Result<Connection, ShipError> {
     if let Err(e) = session.userauth_pubkey_file(&cfg.user, None, &cfg.private_key, None) {
         // A timeout stays a (transient) timeout; any other failure is a refusal.
-        return Err(match ShipError::from_ssh(e, "authentication at", &addr, &addr, cfg.timeout_secs) {
+        return Err(match ShipError::from_ssh(e, "authentication", "", &addr, cfg.timeout_secs) {
             timeout @ ShipError::Timeout { .. } => timeout,
             _ => ShipError::AuthRefused { addr, user: cfg.user.clone(), key: cfg.private_key.clone() },
         });
     }
-    let sftp = session.sftp().map_err(|e| ShipError::from_ssh(e, "opening SFTP on", &addr, &addr, cfg.timeout_secs))?;
+    let sftp = session.sftp().map_err(|e| ShipError::from_ssh(e, "opening SFTP", "", &addr, cfg.timeout_secs))?;
     quickack::remove(&session, acks);
     Ok(Connection { sftp, session, addr, timeout_secs: cfg.timeout_secs })
 }

@@ -42,17 +42,20 @@ pub struct Shipment {
 }
 
 /// Ships `files` (paths relative to `root`) into `remote_dir/uuid`, resuming whatever an
-/// earlier attempt left there. `stop` makes it end at the next file boundary, before DONE.
+/// earlier attempt left there. `checked` holds the sha256 of each file as it was checked: a file
+/// whose bytes differ now fails the shipment before DONE. `stop` makes it end at the next file
+/// boundary, before DONE.
 pub fn ship(
     cfg: &SftpConfig,
     root: &Path,
     files: &[BatchFile],
+    checked: &BTreeMap<String, String>,
     uuid: &str,
     progress: &Progress,
     stop: &AtomicBool,
 ) -> Result<Shipment, ShipError> {
     let folder = remote_join(&cfg.remote_dir, uuid);
-    let crew = Crew::new(root, &folder, progress, stop);
+    let crew = Crew::new(root, &folder, checked, progress, stop);
     // Every session opens at once: a handshake is several round trips, which helpers opened
     // only once the folder exists would add to every batch.
     let helpers = cfg.connections.min(files.len()).max(1) - 1;
@@ -72,24 +75,26 @@ pub fn ship(
         Ok(lead)
     })?;
     let Lead::Uploaded { main, kept, uploaded } = lead else {
-        let files_sha256 = hash_local(root, files)?;
-        return Ok(Shipment { remote_dir: folder, files_sha256, uploaded: 0, already_submitted: true });
+        return Ok(Shipment { remote_dir: folder, files_sha256: checked.clone(), uploaded: 0, already_submitted: true });
     };
     // Stopped: not even the files kept from an earlier attempt are hashed.
     if stop.load(Ordering::SeqCst) {
         return Err(ShipError::Interrupted);
     }
     let mut files_sha256 = crew.hashes.into_inner().unwrap_or_else(|p| p.into_inner());
-    let kept: Vec<BatchFile> = kept.into_iter().cloned().collect();
-    files_sha256.extend(hash_local(root, &kept)?);
+    for file in kept {
+        let sha =
+            crate::fingerprint::hash_file(root, &file.path).map_err(|source| ShipError::LocalRead { file: file.label.clone(), source })?;
+        files_sha256.insert(file.path.clone(), same_as_checked(file, sha, checked)?);
+    }
     if stop.load(Ordering::SeqCst) {
         return Err(ShipError::Interrupted);
     }
     verify_sizes(&main, &folder, files)?;
     failpoint::hit("before_done");
-    write_done(&main, &folder)?;
+    let wrote = write_done(&main, &folder)?;
     failpoint::hit("after_done");
-    Ok(Shipment { remote_dir: folder, files_sha256, uploaded, already_submitted: false })
+    Ok(Shipment { remote_dir: folder, files_sha256, uploaded, already_submitted: !wrote })
 }
 
 /// What the lead session found and did before DONE.
@@ -125,6 +130,7 @@ fn lead<'a>(cfg: &SftpConfig, files: &'a [BatchFile], crew: &Crew<'a>) -> Result
 struct Crew<'a> {
     root: &'a Path,
     folder: &'a str,
+    checked: &'a BTreeMap<String, String>,
     progress: &'a Progress,
     stop: &'a AtomicBool,
     /// The files to upload, set once by the lead; empty when it ended before handing any out.
@@ -144,10 +150,17 @@ impl Drop for Release<'_, '_> {
 }
 
 impl<'a> Crew<'a> {
-    fn new(root: &'a Path, folder: &'a str, progress: &'a Progress, stop: &'a AtomicBool) -> Crew<'a> {
+    fn new(
+        root: &'a Path,
+        folder: &'a str,
+        checked: &'a BTreeMap<String, String>,
+        progress: &'a Progress,
+        stop: &'a AtomicBool,
+    ) -> Crew<'a> {
         Crew {
             root,
             folder,
+            checked,
             progress,
             stop,
             todo: OnceLock::new(),
@@ -177,10 +190,19 @@ impl<'a> Crew<'a> {
             }
             let Some(file) = todo.get(self.next.fetch_add(1, Ordering::SeqCst)) else { return Ok(()) };
             let sha = upload_file(conn, self.root, self.folder, file, &mut buffer, self.progress)
+                .and_then(|sha| same_as_checked(file, sha, self.checked))
                 .inspect_err(|_| self.failed.store(true, Ordering::SeqCst))?;
             self.hashes.lock().unwrap_or_else(|p| p.into_inner()).insert(file.path.clone(), sha);
             failpoint::hit_counted("after_file");
         }
+    }
+}
+
+/// What is shipped must be what was checked: the sha256 of the bytes read now against the check's.
+fn same_as_checked(file: &BatchFile, sha: String, checked: &BTreeMap<String, String>) -> Result<String, ShipError> {
+    match checked.get(&file.path) {
+        Some(expected) if *expected == sha => Ok(sha),
+        _ => Err(ShipError::LocalChanged { file: file.label.clone(), reason: "its content differs from what was validated".into() }),
     }
 }
 
@@ -253,29 +275,33 @@ fn upload_file(
     buffer: &mut Vec<u8>,
     progress: &Progress,
 ) -> Result<String, ShipError> {
-    let local_path = root.join(&file.path);
     let remote = format!("{folder}/{}", file.path);
-    let mut local = File::open(&local_path).map_err(|source| ShipError::LocalRead { path: local_path.clone(), source })?;
+    let shown = format!("{} in {folder}", file.label);
+    let local_error = |source| ShipError::LocalRead { file: file.label.clone(), source };
+    let mut local = crate::batchfs::open(root, &file.path).map_err(local_error)?;
     let chunk = if file.size >= LARGE_FILE_BYTES { LARGE_FILE_WRITE_CHUNK_BYTES } else { WRITE_CHUNK_BYTES };
     buffer.resize(chunk.min(file.size.max(1) as usize), 0);
     let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE;
     let mut handle =
-        conn.sftp.open_mode(Path::new(&remote), flags, 0o644, OpenType::File).map_err(|e| conn.error(e, "creating", &remote))?;
+        conn.sftp.open_mode(Path::new(&remote), flags, 0o644, OpenType::File).map_err(|e| conn.error(e, "creating", &shown))?;
     let mut hasher = Sha256::new();
     let mut sent = 0u64;
     loop {
-        let n = read_full(&mut local, buffer).map_err(|source| ShipError::LocalRead { path: local_path.clone(), source })?;
+        let n = read_full(&mut local, buffer).map_err(local_error)?;
         if n == 0 {
             break;
         }
         hasher.update(&buffer[..n]);
-        handle.write_all(&buffer[..n]).map_err(|e| io_to_ship(conn, e, "writing", &remote))?;
+        handle.write_all(&buffer[..n]).map_err(|e| io_to_ship(conn, e, "writing", &shown))?;
         sent += n as u64;
         progress.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
     }
-    handle.close().map_err(|e| conn.error(e, "closing", &remote))?;
+    handle.close().map_err(|e| conn.error(e, "closing", &shown))?;
     if sent != file.size {
-        return Err(ShipError::LocalChanged { path: local_path, reason: format!("{sent} bytes read, {} when validated", file.size) });
+        return Err(ShipError::LocalChanged {
+            file: file.label.clone(),
+            reason: format!("{sent} bytes read, {} when validated", file.size),
+        });
     }
     Ok(hex::encode(hasher.finalize()))
 }
@@ -296,12 +322,11 @@ fn read_full(file: &mut File, buffer: &mut [u8]) -> std::io::Result<usize> {
 fn io_to_ship(conn: &Connection, e: std::io::Error, what: &str, path: &str) -> ShipError {
     match e.into_inner().and_then(|inner| inner.downcast::<ssh2::Error>().ok()) {
         Some(ssh) => conn.error(*ssh, what, path),
-        None => ShipError::Ssh { what: format!("{what} {path}"), message: "connection lost".into() },
+        None => {
+            conn.failed();
+            ShipError::Ssh { what: format!("{what} {path}"), message: "connection lost".into() }
+        }
     }
-}
-
-fn hash_local(root: &Path, files: &[BatchFile]) -> Result<BTreeMap<String, String>, ShipError> {
-    crate::fingerprint::hash_files(root, files).map_err(|source| ShipError::LocalRead { path: root.to_path_buf(), source })
 }
 
 /// Lists the folder once and checks every file is there with its full size: one listing per
@@ -311,21 +336,31 @@ fn verify_sizes(conn: &Connection, folder: &str, files: &[BatchFile]) -> Result<
     for file in files {
         let remote = present.get(&file.path).copied().unwrap_or(0);
         if remote != file.size {
-            return Err(ShipError::SizeMismatch { path: format!("{folder}/{}", file.path), local: file.size, remote });
+            return Err(ShipError::SizeMismatch { file: format!("{} in {folder}", file.label), local: file.size, remote });
         }
     }
     Ok(())
 }
 
-/// The one place DONE is written: after `verify_sizes`. EXCLUSIVE, so a DONE
-/// that is somehow already there is never written twice.
-fn write_done(conn: &Connection, folder: &str) -> Result<(), ShipError> {
+/// The one place DONE is written: after `verify_sizes`. EXCLUSIVE, so a DONE that is somehow
+/// already there is never written twice: then false ("DONE was already there"; the folder is this
+/// batch's alone, so an earlier attempt of ours wrote it).
+fn write_done(conn: &Connection, folder: &str) -> Result<bool, ShipError> {
     let path = format!("{folder}/{DONE_FILE}");
     let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::EXCLUSIVE;
-    let mut handle = conn.sftp.open_mode(Path::new(&path), flags, 0o644, OpenType::File).map_err(|e| conn.error(e, "writing", &path))?;
+    let mut handle = match conn.sftp.open_mode(Path::new(&path), flags, 0o644, OpenType::File) {
+        Ok(handle) => handle,
+        Err(e) => {
+            if conn.sftp.stat(Path::new(&path)).is_ok() {
+                tracing::info!(remote_dir = %folder, "DONE was already there (written by an earlier attempt); not written again");
+                return Ok(false);
+            }
+            return Err(conn.error(e, "writing", &path));
+        }
+    };
     handle.close().map_err(|e| conn.error(e, "closing", &path))?;
     conn.sftp.stat(Path::new(&path)).map_err(|e| conn.error(e, "checking", &path))?;
-    Ok(())
+    Ok(true)
 }
 
 /// Creates and removes a probe folder in `remote_dir`: the server accepts us and lets us write.

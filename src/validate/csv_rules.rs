@@ -3,7 +3,7 @@
 
 use super::fields::{self, check_value, Column, REFERENCE, WORKFLOW_KEY};
 use super::problem::Findings;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 pub const MAX_DATA_ROWS: usize = 10_000;
 const BOM: &[u8] = b"\xEF\xBB\xBF";
@@ -117,14 +117,24 @@ fn check_records(body: &[u8], check: &mut CsvCheck) {
 fn check_header(header: &csv::ByteRecord, out: &mut Findings) -> Option<Vec<(String, Column)>> {
     let mut columns = Vec::with_capacity(header.len());
     let mut seen: HashMap<String, usize> = HashMap::new();
+    let names: Vec<String> = header.iter().map(|raw| String::from_utf8_lossy(raw).into_owned()).collect();
+    // A header cell that is not shaped like a column name may be a value (the header line
+    // missing, so the first line is a data row): it is named by its position, never echoed.
+    let no_header = ![WORKFLOW_KEY, REFERENCE].iter().any(|required| names.iter().any(|n| n == required))
+        && names.iter().any(|n| !n.is_empty() && !fields::looks_like_column_name(n));
+    if no_header {
+        out.error(None, None, "missing_header", "the first line of input.csv holds values, not column names: the header line is missing; add Jumio's header line (workflowDefinitionKey,customerInternalReference,...) as the first line");
+    }
     for (i, raw) in header.iter().enumerate() {
+        let position = format!("#{}", i + 1);
         let name = match std::str::from_utf8(raw) {
             Ok(name) => name.to_owned(),
             Err(_) => {
-                out.error(None, Some(&format!("#{}", i + 1)), "not_utf8", "this header name is not valid UTF-8; save input.csv as UTF-8");
+                out.error(None, Some(&position), "not_utf8", "this header name is not valid UTF-8; save input.csv as UTF-8");
                 String::from_utf8_lossy(raw).into_owned()
             }
         };
+        let label = if !no_header && fields::looks_like_column_name(&name) { name.clone() } else { position };
         if name.trim().is_empty() {
             out.error(
                 None,
@@ -133,23 +143,24 @@ fn check_header(header: &csv::ByteRecord, out: &mut Findings) -> Option<Vec<(Str
                 format!("column {} has no name; name it or delete the column", i + 1),
             );
         } else if name.trim() != name {
-            out.error(None, Some(&name), "column_name_whitespace", "this header name has spaces around it; remove them");
+            out.error(None, Some(&label), "column_name_whitespace", "this header name has spaces around it; remove them");
         }
         if let Some(first) = seen.insert(name.clone(), i) {
             out.error(
                 None,
-                Some(&name),
+                Some(&label),
                 "duplicate_column",
                 format!("the header names this column twice (columns {} and {}); keep one", first + 1, i + 1),
             );
         }
         let column = Column::of(&name);
-        if column == Column::Unknown && !name.trim().is_empty() && name.trim() == name {
+        if column == Column::Unknown && !name.trim().is_empty() && name.trim() == name && !no_header {
             let hint = match fields::suggest_column(&name) {
                 Some(known) => format!("unknown column, ignored by Jumio; did you mean `{known}`?"),
-                None => "unknown column, ignored by Jumio; remove it or check its spelling".to_owned(),
+                None if label == name => "unknown column, ignored by Jumio; remove it or check its spelling".to_owned(),
+                None => format!("column {} is not a column Jumio knows (its header cell is not shown: it does not look like a column name); remove it or check the header line", i + 1),
             };
-            out.warning(None, Some(&name), "unknown_column", hint);
+            out.warning(None, Some(&label), "unknown_column", hint);
         }
         columns.push((name, column));
     }
@@ -210,13 +221,22 @@ fn check_row(
 
 /// A record whose raw bytes hold an odd number of `"` opened a quote it never closed.
 fn check_quotes(body: &[u8], record_starts: &[usize], check: &mut CsvCheck) {
+    let mut unterminated = HashSet::new();
     for (i, &start) in record_starts.iter().enumerate() {
         let end = record_starts.get(i + 1).copied().unwrap_or(body.len()).min(body.len());
         let raw = &body[start.min(end)..end];
         if raw.iter().filter(|&&b| b == b'"').count() % 2 == 1 {
-            let row = i + 1;
-            check.findings.errors.retain(|p| !(p.row == Some(row) && p.code == "wrong_field_count"));
-            check.findings.error(Some(row), None, "unterminated_quote", "a quote (\") opened in this row is never closed, so the rest of the file was read as one value; close the quote or double quotes inside values (\"\")");
+            unterminated.insert(i + 1);
         }
+    }
+    if unterminated.is_empty() {
+        return;
+    }
+    // One pass over the errors, however many rows are affected (linear time).
+    check.findings.errors.retain(|p| !(p.code == "wrong_field_count" && p.row.is_some_and(|r| unterminated.contains(&r))));
+    let mut rows: Vec<usize> = unterminated.into_iter().collect();
+    rows.sort_unstable();
+    for row in rows {
+        check.findings.error(Some(row), None, "unterminated_quote", "a quote (\") opened in this row is never closed, so the rest of the file was read as one value; close the quote or double quotes inside values (\"\")");
     }
 }

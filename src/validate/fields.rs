@@ -55,6 +55,14 @@ impl Column {
     }
 }
 
+/// Shaped like a column name: a letter, then letters, digits, `_` or `.`, at most 64 characters.
+/// Anything else in a header cell (an e-mail, a number, words with spaces) may be a value.
+pub fn looks_like_column_name(name: &str) -> bool {
+    name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+}
+
 fn is_prepared_name(name: &str) -> bool {
     name.strip_prefix(PREPARED_PREFIX).is_some_and(|rest| {
         !rest.is_empty() && rest.split('.').all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))

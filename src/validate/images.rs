@@ -4,17 +4,20 @@ use super::csv_rules::ImageRef;
 use super::problem::Findings;
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
-use std::io::Read;
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
 
 pub const MAX_IMAGE_BYTES: u64 = 15_000_000;
 pub const MAX_IMAGE_PIXELS_PER_SIDE: usize = 8000;
 
-/// A file that will be shipped: its path inside the batch (with `/`) and its size.
+/// A file that will be shipped: its path inside the batch (with `/`), its size, and how
+/// messages name it (`input.csv`, or the row and column that name an image: file names may be
+/// personal, so they never appear in logs or errors).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchFile {
     pub path: String,
     pub size: u64,
+    pub label: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,11 +30,13 @@ enum Format {
 
 /// Checks every referenced image once (a file named by several rows is checked once, and each
 /// row gets its own problem); returns the files to ship, sorted by path.
-pub fn check_images(root: &Path, refs: &[ImageRef], out: &mut Findings) -> Vec<BatchFile> {
-    let canonical_root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+/// `markers` are top-level names an image may not have (Jumio's DONE, the local ready marker).
+pub fn check_images(root: &Path, refs: &[ImageRef], markers: &[&str], out: &mut Findings) -> Vec<BatchFile> {
     let mut verdicts: BTreeMap<&str, Verdict> = BTreeMap::new();
+    let mut labels: BTreeMap<&str, String> = BTreeMap::new();
     for image in refs {
-        let verdict = verdicts.entry(image.path.as_str()).or_insert_with(|| check_one(root, &canonical_root, &image.path));
+        labels.entry(image.path.as_str()).or_insert_with(|| format!("the image of row {}, {}", image.row, image.column));
+        let verdict = verdicts.entry(image.path.as_str()).or_insert_with(|| check_one(root, &image.path, markers));
         match verdict {
             Ok((_, Format::Pdf)) if !image.allows_pdf => {
                 out.error(
@@ -45,34 +50,24 @@ pub fn check_images(root: &Path, refs: &[ImageRef], out: &mut Findings) -> Vec<B
             Err((code, message)) => out.error(Some(image.row), Some(&image.column), code, message.clone()),
         }
     }
-    verdicts.into_iter().filter_map(|(path, v)| v.ok().map(|(size, _)| BatchFile { path: path.to_owned(), size })).collect()
+    verdicts
+        .into_iter()
+        .filter_map(|(path, v)| v.ok().map(|(size, _)| BatchFile { path: path.to_owned(), size, label: labels[path].clone() }))
+        .collect()
 }
 
 type Verdict = Result<(u64, Format), (&'static str, String)>;
 
-fn check_one(root: &Path, canonical_root: &Path, rel: &str) -> Verdict {
+fn check_one(root: &Path, rel: &str, markers: &[&str]) -> Verdict {
     check_path_shape(rel)?;
-    let path = root.join(rel);
-    let link = std::fs::symlink_metadata(&path).map_err(|_| missing(root, rel))?;
-    if link.file_type().is_symlink() {
-        let target = path.canonicalize().map_err(|_| {
-            ("image_missing", "is a symbolic link to a file that does not exist; copy the real image into the batch folder".to_owned())
-        })?;
-        if !target.starts_with(canonical_root) {
-            return Err((
-                "image_outside_batch",
-                "is a symbolic link to a file outside the batch folder; copy the image into the batch folder instead".to_owned(),
-            ));
-        }
-    }
-    let meta = std::fs::metadata(&path).map_err(|_| missing(root, rel))?;
-    if !meta.is_file() {
+    if markers.iter().any(|m| m.eq_ignore_ascii_case(rel)) {
         return Err((
-            "image_not_a_file",
-            "names a folder or special file, not an image file; give the path of the image itself".to_owned(),
+            "image_named_like_marker",
+            format!("the file is called `{rel}`, the name of the file that starts Jumio's processing (and of the ready marker); rename the image (e.g. {rel}.jpg) in the folder and the CSV"),
         ));
     }
-    let size = meta.len();
+    let mut file = crate::batchfs::open(root, rel).map_err(|e| unopenable(root, rel, &e))?;
+    let size = file.metadata().map_err(|_| unreadable())?.len();
     if size == 0 {
         return Err(("image_empty", "the file is empty (0 bytes); copy the image again".to_owned()));
     }
@@ -85,9 +80,9 @@ fn check_one(root: &Path, canonical_root: &Path, rel: &str) -> Verdict {
             ),
         ));
     }
-    let format = sniff(&path).map_err(|_| ("image_unreadable", "the file cannot be read; check its permissions".to_owned()))?;
+    let format = sniff(&mut file).map_err(|_| unreadable())?;
     match format {
-        Format::Jpeg | Format::Png => check_dimensions(&path)?,
+        Format::Jpeg | Format::Png => check_dimensions(&mut file)?,
         Format::Pdf => {}
         Format::Other(kind) => {
             return Err((
@@ -97,6 +92,29 @@ fn check_one(root: &Path, canonical_root: &Path, rel: &str) -> Verdict {
         }
     }
     Ok((size, format))
+}
+
+fn unreadable() -> (&'static str, String) {
+    ("image_unreadable", "the file cannot be read; check its permissions".to_owned())
+}
+
+/// Why an image named by the CSV could not be opened, as a code and what to do.
+fn unopenable(root: &Path, rel: &str, e: &std::io::Error) -> (&'static str, String) {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        _ if crate::batchfs::is_outside(e) => (
+            "image_outside_batch",
+            "the path leads outside the batch folder (through a symbolic link); copy the image into the batch folder instead".to_owned(),
+        ),
+        NotFound if std::fs::symlink_metadata(root.join(rel)).is_ok() => {
+            ("image_missing", "is a symbolic link to a file that does not exist; copy the real image into the batch folder".to_owned())
+        }
+        NotFound | NotADirectory => missing(root, rel),
+        InvalidInput => {
+            ("image_not_a_file", "names a folder or special file, not an image file; give the path of the image itself".to_owned())
+        }
+        _ => unreadable(),
+    }
 }
 
 fn check_path_shape(rel: &str) -> Result<(), (&'static str, String)> {
@@ -115,6 +133,13 @@ fn check_path_shape(rel: &str) -> Result<(), (&'static str, String)> {
     }
     if rel.trim() != rel {
         return Err(("image_path_whitespace", "the path has spaces at its start or end; remove them".to_owned()));
+    }
+    if rel.split('/').any(|part| part.is_empty() || part == ".") {
+        return Err((
+            "image_path_not_canonical",
+            "the path contains `./`, `//` or ends with `/`; write it plainly, folders separated by one `/` (e.g. images/front.jpg)"
+                .to_owned(),
+        ));
     }
     Ok(())
 }
@@ -137,9 +162,8 @@ fn case_insensitive_match(root: &Path, rel: &str) -> Option<String> {
     Some(found.join("/"))
 }
 
-fn sniff(path: &Path) -> std::io::Result<Format> {
+fn sniff(file: &mut File) -> std::io::Result<Format> {
     let mut head = [0u8; 16];
-    let mut file = File::open(path)?;
     let mut len = 0;
     while len < head.len() {
         let n = file.read(&mut head[len..])?;
@@ -166,9 +190,10 @@ fn classify(head: &[u8]) -> Format {
     }
 }
 
-fn check_dimensions(path: &Path) -> Result<(), (&'static str, String)> {
-    let size = imagesize::size(path)
-        .map_err(|_| ("image_unreadable", "the image header is damaged or cut off; export the image again".to_owned()))?;
+fn check_dimensions(file: &mut File) -> Result<(), (&'static str, String)> {
+    let damaged = || ("image_unreadable", "the image header is damaged or cut off; export the image again".to_owned());
+    file.seek(SeekFrom::Start(0)).map_err(|_| damaged())?;
+    let size = imagesize::reader_size(BufReader::new(file)).map_err(|_| damaged())?;
     if size.width > MAX_IMAGE_PIXELS_PER_SIDE || size.height > MAX_IMAGE_PIXELS_PER_SIDE {
         return Err((
             "image_too_many_pixels",

@@ -17,6 +17,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 pub const INPUT_CSV: &str = "input.csv";
+/// input.csv is read only up to this size: 10,000 rows of 5,000 bytes.
+pub const MAX_CSV_BYTES: u64 = 50_000_000;
 
 /// The outcome of validation, as `validate --json` prints it.
 #[derive(Debug, Clone, Serialize)]
@@ -72,23 +74,19 @@ pub fn validate(dir: &Path, marker: Option<&str>) -> Result<Validated, Unreadabl
             ),
         );
     }
-    let csv_path = dir.join(INPUT_CSV);
-    let csv_bytes = match std::fs::read(&csv_path) {
+    let csv_bytes = match crate::batchfs::read_capped(dir, INPUT_CSV, MAX_CSV_BYTES) {
         Ok(bytes) => bytes,
         Err(e) => {
-            let message = match e.kind() {
-                std::io::ErrorKind::NotFound => {
-                    "the batch has no input.csv; put the transactions' CSV in the batch folder, named exactly input.csv".to_owned()
-                }
-                _ => format!("input.csv cannot be read ({e}); check its permissions"),
-            };
-            findings.error(None, None, "missing_input_csv", message);
+            let (code, message) = unreadable_csv(&e);
+            findings.error(None, None, code, message);
             return Ok(Validated { report: Report::new(batch, 0, 0, 0, findings), files: Vec::new() });
         }
     };
     let csv = check_csv(&csv_bytes);
     findings.extend(csv.findings);
-    let images = images::check_images(dir, &csv.images, &mut findings);
+    let mut markers = vec![crate::ship::DONE_FILE];
+    markers.extend(marker);
+    let images = images::check_images(dir, &csv.images, &markers, &mut findings);
     let referenced: HashSet<String> = csv.images.iter().map(|i| i.path.clone()).collect();
     let mut ignore = vec![INPUT_CSV];
     ignore.extend(marker);
@@ -101,14 +99,45 @@ pub fn validate(dir: &Path, marker: Option<&str>) -> Result<Validated, Unreadabl
             format!("`{path}` is not named by any row and will not be shipped; remove it or reference it"),
         );
     }
-    let mut files = vec![BatchFile { path: INPUT_CSV.to_owned(), size: csv_bytes.len() as u64 }];
+    let mut files = vec![BatchFile { path: INPUT_CSV.to_owned(), size: csv_bytes.len() as u64, label: INPUT_CSV.to_owned() }];
     files.extend(images);
     let bytes = files.iter().map(|f| f.size).sum();
     let mut report = Report::new(batch, csv.rows, referenced.len(), bytes, findings);
     let mut references = csv.references;
-    references.retain(|row, _| report.errors.iter().chain(&report.warnings).any(|p| p.row == Some(*row)));
+    let named: HashSet<usize> = report.errors.iter().chain(&report.warnings).filter_map(|p| p.row).collect();
+    references.retain(|row, _| named.contains(row));
     report.references = references;
     Ok(Validated { report, files })
+}
+
+/// Why input.csv could not be read, as a code and what to do.
+fn unreadable_csv(e: &std::io::Error) -> (&'static str, String) {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        NotFound => (
+            "missing_input_csv",
+            "the batch has no input.csv; put the transactions' CSV in the batch folder, named exactly input.csv".into(),
+        ),
+        _ if crate::batchfs::is_outside(e) => (
+            "input_csv_outside_batch",
+            "input.csv is a link to a file outside the batch folder; put the real file into the folder instead".into(),
+        ),
+        InvalidInput => (
+            "input_csv_not_a_file",
+            "input.csv is not a regular file (a folder, FIFO or device); put the CSV file itself into the batch folder".into(),
+        ),
+        FileTooLarge => (
+            "csv_too_large",
+            format!(
+                "input.csv is larger than {} MB, far more than {MAX_DATA_ROWS} rows need; split it into several batches",
+                MAX_CSV_BYTES / 1_000_000
+            ),
+        ),
+        PermissionDenied => {
+            ("input_csv_unreadable", "input.csv cannot be read: permission denied; let this user read it (chmod/chown)".into())
+        }
+        _ => ("input_csv_unreadable", format!("input.csv cannot be read ({e}); copy it into the folder again")),
+    }
 }
 
 impl Report {
@@ -126,7 +155,8 @@ impl Report {
     }
 }
 
+/// The batch's name as shown in reports and logs: its folder's name, control characters escaped.
 pub fn batch_name(dir: &Path) -> String {
     let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned())
+    crate::folders::folder_name(&dir)
 }

@@ -135,6 +135,14 @@ impl Daemon {
         }
     }
 
+    /// The exit code once the process ended, without waiting.
+    pub fn try_wait(&mut self) -> Option<Option<i32>> {
+        let child = self.child.as_mut()?;
+        let status = child.try_wait().unwrap()?;
+        self.child = None;
+        Some(status.code())
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }

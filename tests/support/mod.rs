@@ -1,4 +1,5 @@
 #![allow(dead_code)]
 pub mod daemon;
 pub mod fixtures;
+pub mod other_server;
 pub mod sshd;

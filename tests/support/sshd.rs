@@ -143,6 +143,29 @@ impl TestServer {
         }
     }
 
+    /// Stalls the server: sshd and every session process stop (SIGSTOP) without closing a
+    /// connection, as a hung server or a silent network would.
+    pub fn freeze(&self) {
+        self.signal_all(libc::SIGSTOP);
+    }
+
+    pub fn thaw(&self) {
+        self.signal_all(libc::SIGCONT);
+    }
+
+    fn signal_all(&self, signal: i32) {
+        let Some(child) = &self.child else { return };
+        let mut all = vec![child.id() as i32];
+        let mut i = 0;
+        while i < all.len() {
+            all.extend(children_of(all[i]));
+            i += 1;
+        }
+        for pid in all.into_iter().filter(|&p| p > 1) {
+            unsafe { libc::kill(pid, signal) };
+        }
+    }
+
     pub fn home(&self) -> PathBuf {
         self.dir.path().join("home")
     }
@@ -189,13 +212,7 @@ impl TestServer {
     /// The `[sftp]` section for a config file.
     pub fn sftp_toml(&self) -> String {
         let c = self.sftp_config();
-        format!(
-            "[sftp]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{}\"\nprivate_key = \"{}\"\nknown_hosts = \"{}\"\nremote_dir = \".\"\nconnections = 4\ntimeout_secs = 10\n",
-            c.port,
-            c.user,
-            c.private_key.display(),
-            c.known_hosts.display()
-        )
+        sftp_toml(c.port, &c.private_key, &c.known_hosts)
     }
 
     /// Pins a freshly generated key of `kind` for `[127.0.0.1]:port` as the only known_hosts
@@ -259,6 +276,16 @@ fn children_of(parent: i32) -> Vec<i32> {
         }
     }
     found
+}
+
+/// The `[sftp]` section for a test server on 127.0.0.1.
+pub fn sftp_toml(port: u16, private_key: &Path, known_hosts: &Path) -> String {
+    format!(
+        "[sftp]\nhost = \"127.0.0.1\"\nport = {port}\nuser = \"{}\"\nprivate_key = \"{}\"\nknown_hosts = \"{}\"\nremote_dir = \".\"\nconnections = 4\ntimeout_secs = 10\n",
+        user(),
+        private_key.display(),
+        known_hosts.display()
+    )
 }
 
 pub fn keygen(path: &Path, kind: &str) {

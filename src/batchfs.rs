@@ -1,0 +1,88 @@
+//! Opening the files of a batch without ever leaving its folder: every path is resolved beneath
+//! the batch folder by the kernel (`openat2` with `RESOLVE_BENEATH`: no `..`, no absolute link, no
+//! link anywhere in the path that leads out), opened without blocking (a FIFO never hangs us),
+//! and accepted only if it is a regular file. Validation, hashing and upload all read through here,
+//! so what is shipped is read exactly as it was checked.
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+/// Opens `rel` (a path with `/`, relative to `root`) for reading, if it is a regular file that
+/// lies beneath `root` however its path is spelled or linked.
+pub fn open(root: &Path, rel: &str) -> std::io::Result<File> {
+    let dir = File::open(root)?;
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
+    let file = match rustix::fs::openat2(&dir, rel, flags, Mode::empty(), ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS) {
+        Ok(fd) => File::from(fd),
+        // Kernels before 5.6 (or a sandbox that hides openat2): resolve, compare, then open.
+        Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => open_resolved(root, rel, flags)?,
+        Err(rustix::io::Errno::XDEV) => return Err(outside()),
+        Err(e) => return Err(e.into()),
+    };
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file (a folder, FIFO, device or socket)"));
+    }
+    Ok(file)
+}
+
+/// Reads a whole batch file of at most `cap` bytes; larger is an error (never read past `cap`).
+pub fn read_capped(root: &Path, rel: &str, cap: u64) -> std::io::Result<Vec<u8>> {
+    let file = open(root, rel)?;
+    let mut bytes = Vec::with_capacity(file.metadata()?.len().min(cap) as usize);
+    file.take(cap + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > cap {
+        return Err(std::io::Error::new(std::io::ErrorKind::FileTooLarge, format!("larger than {cap} bytes")));
+    }
+    Ok(bytes)
+}
+
+/// True when the error says the path leads out of the batch folder.
+pub fn is_outside(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) || e.to_string().contains(OUTSIDE)
+}
+
+const OUTSIDE: &str = "leads outside the batch folder";
+
+fn outside() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::PermissionDenied, OUTSIDE)
+}
+
+fn open_resolved(root: &Path, rel: &str, flags: OFlags) -> std::io::Result<File> {
+    let (root, target) = (root.canonicalize()?, root.join(rel).canonicalize()?);
+    if !target.starts_with(&root) {
+        return Err(outside());
+    }
+    Ok(File::from(rustix::fs::open(&target, flags, Mode::empty())?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn only_regular_files_beneath_the_folder_open_whatever_links_the_path_holds() {
+        let top = tempfile::tempdir().unwrap();
+        let (batch, elsewhere) = (top.path().join("batch"), top.path().join("elsewhere"));
+        std::fs::create_dir_all(batch.join("img")).unwrap();
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::write(batch.join("img/a.png"), b"inside").unwrap();
+        std::fs::write(elsewhere.join("x.png"), b"outside").unwrap();
+        symlink(&elsewhere, batch.join("linked")).unwrap();
+        symlink("img/a.png", batch.join("alias.png")).unwrap();
+        symlink("/dev/zero", batch.join("zero")).unwrap();
+        rustix::fs::mknodat(rustix::fs::CWD, batch.join("fifo"), rustix::fs::FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap();
+
+        assert_eq!(read_capped(&batch, "img/a.png", 100).unwrap(), b"inside");
+        assert_eq!(read_capped(&batch, "alias.png", 100).unwrap(), b"inside", "a link within the batch is fine");
+        for leaving in ["linked/x.png", "../elsewhere/x.png", "zero"] {
+            let e = open(&batch, leaving).unwrap_err();
+            assert!(is_outside(&e), "{leaving}: {e}");
+        }
+        assert!(open(&batch, "fifo").unwrap_err().to_string().contains("not a regular file"), "a FIFO is refused, not waited on");
+        assert!(open(&batch, "img").unwrap_err().to_string().contains("not a regular file"));
+        assert_eq!(read_capped(&batch, "img/a.png", 3).unwrap_err().kind(), std::io::ErrorKind::FileTooLarge);
+    }
+}
