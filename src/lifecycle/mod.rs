@@ -122,13 +122,17 @@ impl Lifecycle {
             let record = self.reject_invalid(record, &checked.report).await?;
             return Ok(Admitted::Finished(Box::new(Outcome::Rejected { record, report: checked.report })));
         }
-        if let Some(record) = self.store.find_unfinished(&source, &key).await? {
-            let lock = match self.locks.batch(record.id)? {
+        if let Some(found) = self.store.find_unfinished(&source, &key).await? {
+            let lock = match self.locks.batch(found.id)? {
                 Ok(lock) => lock,
-                Err(holder) => return Ok(Admitted::Finished(Box::new(Outcome::Busy { record, holder }))),
+                Err(holder) => return Ok(Admitted::Finished(Box::new(Outcome::Busy { record: found, holder }))),
             };
-            let record = self.reopen(record).await?;
-            return Ok(Admitted::Ready(Box::new(Claim { record, dir: dir.to_path_buf(), checked, digests, _lock: lock })));
+            // Read again under the lock: whoever held it last may have finished the batch.
+            let record = self.store.get(found.id).await?.ok_or(LifecycleError::NoRecord { id: found.id })?;
+            if !record.state.is_finished() || record.state == State::Failed {
+                let record = self.reopen(record).await?;
+                return Ok(Admitted::Ready(Box::new(Claim { record, dir: dir.to_path_buf(), checked, digests, _lock: lock })));
+            }
         }
         if let Some(record) = self.store.submitted_from(&source, &key).await? {
             let receipt = Receipt::stored(&record, self.store.shipped_hashes(record.id).await?);
@@ -181,11 +185,11 @@ impl Lifecycle {
     /// The daemon's task for batch `id` in `dir` (in work/): one step of its life, and its folder
     /// filed into `drops` when that step finished it.
     pub async fn work(&self, id: i64, dir: &Path, drops: &PathsConfig) -> Result<Outcome, LifecycleError> {
-        let record = self.store.get(id).await?.ok_or(LifecycleError::NoRecord { id })?;
         let lock = match self.locks.batch(id)? {
             Ok(lock) => lock,
-            Err(holder) => return Ok(Outcome::Busy { record, holder }),
+            Err(holder) => return Ok(Outcome::Busy { record: self.record(id).await?, holder }),
         };
+        let record = self.record(id).await?;
         crate::failpoint::panic_once("batch_task");
         let outcome = match record.state {
             state if state.is_finished() => self.recover(record, dir).await?,
@@ -261,11 +265,11 @@ impl Lifecycle {
     /// After a panic in its task: the batch fails with the reason (never retried forever) and
     /// its folder is filed in failed/. Returns where it went.
     pub async fn fail_abandoned(&self, id: i64, dir: &Path, drops: &PathsConfig, why: &str) -> Result<Outcome, LifecycleError> {
-        let record = self.store.get(id).await?.ok_or(LifecycleError::NoRecord { id })?;
         let _lock = match self.locks.batch(id)? {
             Ok(lock) => lock,
-            Err(holder) => return Ok(Outcome::Busy { record, holder }),
+            Err(holder) => return Ok(Outcome::Busy { record: self.record(id).await?, holder }),
         };
+        let record = self.record(id).await?;
         let outcome = match record.state {
             State::Failed => Outcome::Failed { record },
             state if state.is_finished() => self.recover(record, dir).await?,
@@ -276,6 +280,10 @@ impl Lifecycle {
             self.file(&outcome, dir, drops).await?;
         }
         Ok(outcome)
+    }
+
+    async fn record(&self, id: i64) -> Result<BatchRecord, LifecycleError> {
+        self.store.get(id).await?.ok_or(LifecycleError::NoRecord { id })
     }
 
     /// Moves an unfinished batch to failed with `reason`.
