@@ -71,12 +71,17 @@ fn a_fifo_as_input_csv_or_image_never_hangs_validate_or_the_daemon() {
 fn an_image_changed_after_validation_fails_the_attempt_without_done_and_names_no_file() {
     let server = TestServer::start();
     let config = server.write_config_file(&[("connections = 4", "connections = 1")]);
-    let batch = Batch::new("swapped")
-        .csv("workflowDefinitionKey,customerInternalReference,frontImage,faceImage\n10015,ref-1,img/Jane_Doe_passport.png,img/big.png\n");
-    batch.file_ref("img/big.png", &[fixtures::png(8, 8), fixtures::noise(2_000_000, 1)].concat());
+    let mut csv = "workflowDefinitionKey,customerInternalReference,frontImage\n10015,ref-1,img/Jane_Doe_passport.png\n".to_owned();
+    let batch = Batch::new("swapped");
+    for i in 2..7 {
+        batch.file_ref(&format!("img/{i}.png"), &[fixtures::png(8, 8), fixtures::noise(3_000_000, i)].concat());
+        csv.push_str(&format!("10015,ref-{i},img/{i}.png\n"));
+    }
+    let batch = batch.csv(&csv);
     let small = [fixtures::png(8, 8), fixtures::noise(1000, 2)].concat();
     batch.file_ref("img/Jane_Doe_passport.png", &small);
-    // Largest first: the big image goes while we swap the small one for other bytes of its size.
+    // Largest first, the small one last: it is read only once 8 MB (the window) are acknowledged,
+    // and each finished file pauses 1.5 s (failpoint); we swap it for other bytes of its size.
     let child = Command::new(env!("CARGO_BIN_EXE_jumio-batchd"))
         .arg("--config")
         .arg(&config)

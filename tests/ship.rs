@@ -79,26 +79,39 @@ fn an_invalid_batch_is_refused_and_nothing_reaches_the_server() {
     assert!(server.remote_folders().is_empty());
 }
 
-#[test]
-fn many_files_over_several_sessions_arrive_complete() {
-    let server = TestServer::start();
-    let batch = Batch::valid("b", 40);
-    batch.png("img/big.png", 1200, 900);
-    let csv = std::fs::read_to_string(batch.path("input.csv")).unwrap() + "10015,ref-big,img/big.png,,,,,,,,,,,,,\n";
-    let batch = batch.csv(&csv);
+/// Ships `batch` straight through the engine with `connections`; returns the sessions used.
+fn ship_directly(server: &TestServer, batch: &Batch, connections: usize, uuid: &str) -> usize {
     let checked = validate(&batch.dir, Some("DONE")).unwrap();
     assert!(checked.report.valid, "{:?}", checked.report.errors);
     let mut cfg = server.sftp_config();
-    cfg.connections = 3;
+    cfg.connections = connections;
     let progress = Progress::default();
     let digests = jumio_batchd::fingerprint::hash_files(&batch.dir, &checked.files).unwrap();
-    let uuid = "2f1c9a3e-0000-4000-8000-000000000001";
+    let before = server.log().matches("Accepted publickey").count();
     let shipment = ship(&cfg, &batch.dir, &checked.files, &digests, uuid, &progress, &AtomicBool::new(false)).unwrap();
-    assert_eq!(shipment.uploaded, 122);
+    assert_eq!(shipment.uploaded, checked.files.len());
     assert_eq!(progress.bytes_sent.load(std::sync::atomic::Ordering::SeqCst), checked.report.bytes);
-    assert_eq!(tree(&server.home().join(&shipment.remote_dir)), expected_tree(&batch));
-    let sessions = server.log().matches("Accepted publickey").count();
-    assert_eq!(sessions, 3, "three sessions shared the work");
+    assert_eq!(tree(&server.home().join(&shipment.remote_dir)), expected_tree(batch));
+    server.log().matches("Accepted publickey").count() - before
+}
+
+#[test]
+fn many_small_files_go_over_one_pipelined_session_and_many_bytes_over_several() {
+    let server = TestServer::start();
+    let small = Batch::valid("small", 40);
+    small.png("img/big.png", 1200, 900);
+    let csv = std::fs::read_to_string(small.path("input.csv")).unwrap() + "10015,ref-big,img/big.png,,,,,,,,,,,,,\n";
+    let small = small.csv(&csv);
+    assert_eq!(ship_directly(&server, &small, 3, "2f1c9a3e-0000-4000-8000-000000000001"), 1, "122 small files, one session");
+
+    let large = Batch::new("large");
+    let mut csv = "workflowDefinitionKey,customerInternalReference,frontImage\n".to_owned();
+    for i in 0..4 {
+        large.file_ref(&format!("img/{i}.png"), &[fixtures::png(8, 8), fixtures::noise(14_000_000, i)].concat());
+        csv.push_str(&format!("10015,large-{i},img/{i}.png\n"));
+    }
+    let large = large.csv(&csv);
+    assert_eq!(ship_directly(&server, &large, 3, "2f1c9a3e-0000-4000-8000-000000000002"), 3, "56 MB: three sessions share it");
 }
 
 /// Our libssh2 encrypts a whole packet per call in CTR mode (vendor/README.md). Whatever cipher

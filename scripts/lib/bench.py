@@ -8,6 +8,9 @@ CLIENT_PREFIX = os.environ.get("CLIENT_PREFIX", "").split()
 HOST = os.environ.get("BENCH_HOST", "127.0.0.1")
 PORT = os.environ["SSHD_PORT"]
 RUNS = int(os.environ.get("RUNS", "3"))
+PREVIOUS_BIN = os.environ.get("PREVIOUS_BIN")
+PREVIOUS_SHIP_TREE = os.environ.get("PREVIOUS_SHIP_TREE")
+LINK_MBIT = float(os.environ.get("LINK_MBIT", "0"))
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORK = tempfile.mkdtemp(prefix="jumio-bench-")
 
@@ -67,12 +70,28 @@ def sftp_put(batch):
     return run(cmd)
 
 
-def jumio_send(batch):
-    return run(CLIENT_PREFIX + [BIN, "--config", f"{SERVER}/config.toml", "send", "--allow-duplicate", batch])
+def lftp_mirror(batch):
+    """lftp's mirror with 4 parallel transfers, then DONE: the best common client."""
+    done = os.path.join(WORK, "DONE")
+    open(done, "w").close()
+    folder = f"bench-{time.time_ns()}"
+    ssh = (f"ssh -a -x -i {SERVER}/client_key -o UserKnownHostsFile={SERVER}/known_hosts "
+           f"-o StrictHostKeyChecking=yes -o BatchMode=yes")
+    script = (f"set sftp:connect-program '{ssh}'; set net:max-retries 1; open -p {PORT} sftp://{os.environ['USER_NAME']}:@{HOST}; "
+              f"mirror -R --parallel=4 {batch} {folder}; put {done} -o {folder}/DONE")
+    return run(CLIENT_PREFIX + ["lftp", "-c", script])
 
 
-def jumio_ship_tree(batch):
-    return run(CLIENT_PREFIX + [SHIP_TREE, f"{SERVER}/config.toml", batch])
+def jumio_send(batch, binary=None):
+    return run(CLIENT_PREFIX + [binary or BIN, "--config", f"{SERVER}/config.toml", "send", "--allow-duplicate", batch])
+
+
+def jumio_ship_tree(batch, binary=None):
+    return run(CLIENT_PREFIX + [binary or SHIP_TREE, f"{SERVER}/config.toml", batch])
+
+
+def tree_bytes(path):
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
 def bench_validate():
@@ -95,19 +114,27 @@ def bench_validate():
 
 
 def bench_ship():
+    wan = bool(CLIENT_PREFIX)
     profiles = [
-        ("large 40 x 25 MB", make_large(), jumio_ship_tree, 1000e6, 0.95 if not CLIENT_PREFIX else 1.0),
-        ("realistic 500 rows x 3 x 400 KB", make_profile("realistic", 500, 400_000), jumio_send, None, 1.3 if not CLIENT_PREFIX else 3.0),
-        ("small 1,000 rows x 3 x 8 KB", make_profile("small", 1000, 8_000), jumio_send, None, 3.0),
+        ("large 40 x 25 MB", make_large(), jumio_ship_tree, PREVIOUS_SHIP_TREE),
+        ("realistic 500 rows x 3 x 400 KB", make_profile("realistic", 500, 400_000), jumio_send, PREVIOUS_BIN),
+        ("small 1,000 rows x 3 x 8 KB", make_profile("small", 1000, 8_000), jumio_send, PREVIOUS_BIN),
     ]
-    print(f"{'profile':34} {'jumio-batchd':>13} {'sftp -b':>9} {'speed ratio':>12} {'target':>7} {'peak RSS':>9}")
-    for name, batch, ours_fn, _, target in profiles:
+    has_lftp = shutil.which("lftp") is not None
+    header = f"{'profile':34} {'jumio-batchd':>13} {'previous':>9} {'sftp -b':>9} {'lftp -P4':>9} {'vs sftp':>8} {'vs lftp':>8} {'vs prev':>8}"
+    print(header + (f" {'link floor':>11} {'x floor':>8}" if LINK_MBIT else "") + f" {'peak RSS':>9}")
+    for name, batch, ours_fn, previous in profiles:
         ours, rss = median_of(lambda: ours_fn(batch))
+        prev = median_of(lambda: ours_fn(batch, previous))[0] if previous else float("nan")
         theirs, _ = median_of(lambda: sftp_put(batch))
-        ratio = theirs / ours
-        verdict = "ok" if ratio >= target else "MISSED"
-        print(f"{name:34} {ours:12.2f}s {theirs:8.2f}s {ratio:11.2f}x {target:6.2f}x {rss:7.1f}MB  {verdict}", flush=True)
+        lftp = median_of(lambda: lftp_mirror(batch))[0] if has_lftp else float("nan")
+        line = f"{name:34} {ours:12.2f}s {prev:8.2f}s {theirs:8.2f}s {lftp:8.2f}s {theirs / ours:7.2f}x {lftp / ours:7.2f}x {prev / ours:7.2f}x"
+        if LINK_MBIT:
+            floor = tree_bytes(batch) * 8 / (LINK_MBIT * 1e6)
+            line += f" {floor:10.2f}s {ours / floor:7.2f}x"
+        print(line + f" {rss:7.1f}MB", flush=True)
         shutil.rmtree(batch)
+    print("ratios: vs sftp / vs lftp / vs prev = their time / ours (higher is faster); x floor = ours / (bytes / bandwidth)")
 
 
 def daemon_config(root, events, poll):
@@ -163,7 +190,41 @@ def marker_to_done(root, proc, n):
     return latencies
 
 
+def many_small_batches(n=100):
+    """n two-row batches dropped at once (markers last); seconds from the first marker to the last DONE."""
+    root = tempfile.mkdtemp(prefix="jumio-many-", dir=WORK)
+    os.makedirs(os.path.join(root, "inbox"))
+    os.makedirs(os.path.join(root, "staging"))
+    config = daemon_config(root, True, 5)
+    staged = []
+    for i in range(n):
+        path = os.path.join(root, "staging", f"many-{i:03}")
+        subprocess.run([sys.executable, os.path.join(HERE, "make_batch.py"), path, "2", "20000"], check=True)
+        csv = os.path.join(path, "input.csv")
+        open(csv, "w").write(open(csv).read().replace("demo-0000", f"many-{i:03}-"))
+        staged.append(path)
+    home = os.path.join(SERVER, "home")
+    before = set(os.listdir(home))
+    log = open(os.path.join(root, "log"), "w")
+    proc = subprocess.Popen(CLIENT_PREFIX + [BIN, "--config", config, "run"], stdout=log, stderr=log)
+    time.sleep(1.0)
+    for path in staged:
+        os.rename(path, os.path.join(root, "inbox", os.path.basename(path)))
+    start = time.perf_counter()
+    for path in staged:
+        open(os.path.join(root, "inbox", os.path.basename(path), "DONE"), "w").close()
+    while len([d for d in set(os.listdir(home)) - before if os.path.exists(os.path.join(home, d, "DONE"))]) < n:
+        if proc.poll() is not None or time.perf_counter() - start > 900:
+            sys.exit("daemon died or took over 15 minutes")
+        time.sleep(0.05)
+    took = time.perf_counter() - start
+    proc.terminate()
+    proc.wait()
+    print(f"daemon, {n} batches of 2 rows dropped at once, first marker -> last DONE: {took:.2f} s = {n / took:.1f} batches/s")
+
+
 def bench_daemon():
+    many_small_batches()
     poll = 5
     for events in (True, False):
         root = tempfile.mkdtemp(prefix="jumio-daemon-", dir=WORK)

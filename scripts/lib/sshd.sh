@@ -1,6 +1,7 @@
 # A throwaway OpenSSH server on 127.0.0.1 for the demo and benchmarks.
 # start_sshd DIR: generates keys, starts sshd on a free port, writes DIR/known_hosts and
-# DIR/config.toml (the [sftp] section for jumio-batchd); sets SSHD_PID and SSHD_PORT.
+# DIR/config.toml (the [sftp] section for jumio-batchd; the state database in STATE_DIR when set,
+# else in DIR); sets SSHD_PID and SSHD_PORT.
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -48,6 +49,6 @@ connections = ${CONNECTIONS:-4}
 timeout_secs = 30
 
 [state]
-database = "$dir/state.db"
+database = "${STATE_DIR:-$dir}/state.db"
 CONF
 }

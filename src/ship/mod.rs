@@ -2,10 +2,12 @@
 //! **Invariant:** only this module knows ssh2.
 
 mod error;
+mod pipeline;
 mod quickack;
 mod session;
 mod upload;
+mod wire;
 
 pub use error::ShipError;
 pub use session::{check_private_key, Connection};
-pub use upload::{probe, remote_join, ship, Progress, Shipment, DONE_FILE, WRITE_CHUNK_BYTES};
+pub use upload::{probe, remote_join, ship, Progress, Shipment, DONE_FILE};

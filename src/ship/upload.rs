@@ -1,27 +1,22 @@
 //! Puts a batch's files into its UUID folder over several sessions, largest first, hashing
 //! each file as it is read for the upload; then, and only then, writes DONE.
 
+use super::pipeline;
 use super::session::Connection;
 use super::ShipError;
 use crate::config::SftpConfig;
 use crate::failpoint;
 use crate::validate::BatchFile;
-use sha2::{Digest, Sha256};
 use ssh2::{OpenFlags, OpenType};
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-/// libssh2 splits a write call into 30,000-byte SFTP packets and keeps them all in flight, but
-/// waits for every ack before the call returns: calls must be large to fill the pipe.
-pub const SFTP_PACKET_BYTES: usize = 30_000;
-pub const WRITE_CHUNK_BYTES: usize = SFTP_PACKET_BYTES * 35; // about 1 MiB
-pub const LARGE_FILE_WRITE_CHUNK_BYTES: usize = SFTP_PACKET_BYTES * 140; // about 4 MiB
-const LARGE_FILE_BYTES: u64 = 8 * 1024 * 1024;
 pub const DONE_FILE: &str = "DONE";
+/// A session more for every this many bytes of a batch, up to `connections`: one pipelined
+/// session carries many small files; more sessions only help with the bytes.
+const BYTES_PER_SESSION: u64 = 16 * 1024 * 1024;
 
 /// Live counters a caller may read while a shipment runs.
 #[derive(Debug, Default)]
@@ -58,7 +53,8 @@ pub fn ship(
     let crew = Crew::new(root, &folder, checked, progress, stop);
     // Every session opens at once: a handshake is several round trips, which helpers opened
     // only once the folder exists would add to every batch.
-    let helpers = cfg.connections.min(files.len()).max(1) - 1;
+    let bytes: u64 = files.iter().map(|f| f.size).sum();
+    let helpers = cfg.connections.min(files.len()).min(bytes.div_ceil(BYTES_PER_SESSION) as usize).max(1) - 1;
     let lead = std::thread::scope(|scope| {
         let helping: Vec<_> = (0..helpers).map(|_| scope.spawn(|| crew.help(cfg))).collect();
         let lead = {
@@ -180,21 +176,33 @@ impl<'a> Crew<'a> {
         self.work(&conn)
     }
 
-    /// Takes the next file until none is left, another session failed, or a stop was asked.
+    /// This session's share: files taken from the common list, pipelined.
     fn work(&self, conn: &Connection) -> Result<(), ShipError> {
-        let todo = self.todo.get().map(Vec::as_slice).unwrap_or_default();
-        let mut buffer = Vec::new();
-        loop {
-            if self.failed.load(Ordering::SeqCst) || self.stop.load(Ordering::SeqCst) {
-                return Ok(());
-            }
-            let Some(file) = todo.get(self.next.fetch_add(1, Ordering::SeqCst)) else { return Ok(()) };
-            let sha = upload_file(conn, self.root, self.folder, file, &mut buffer, self.progress)
-                .and_then(|sha| same_as_checked(file, sha, self.checked))
-                .inspect_err(|_| self.failed.store(true, Ordering::SeqCst))?;
-            self.hashes.lock().unwrap_or_else(|p| p.into_inner()).insert(file.path.clone(), sha);
-            failpoint::hit_counted("after_file");
+        pipeline::upload(conn, self.root, self.folder, self).inspect_err(|_| self.failed.store(true, Ordering::SeqCst))
+    }
+}
+
+impl pipeline::Files for Crew<'_> {
+    fn take(&self) -> Option<&BatchFile> {
+        if self.failed.load(Ordering::SeqCst) || self.stop.load(Ordering::SeqCst) {
+            return None;
         }
+        let todo = self.todo.get().map(Vec::as_slice).unwrap_or_default();
+        todo.get(self.next.fetch_add(1, Ordering::SeqCst)).copied()
+    }
+
+    fn shipped(&self, file: &BatchFile, sha256: String) -> Result<(), ShipError> {
+        let sha = same_as_checked(file, sha256, self.checked)?;
+        self.hashes.lock().unwrap_or_else(|p| p.into_inner()).insert(file.path.clone(), sha);
+        Ok(())
+    }
+
+    fn sent(&self, bytes: u64) {
+        self.progress.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn abandoned(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
     }
 }
 
@@ -264,69 +272,6 @@ fn make_dirs(conn: &Connection, folder: &str, files: &[BatchFile], present: &BTr
         }
     }
     Ok(())
-}
-
-/// Streams one file, hashing what it sends. Its size on the server is checked before DONE.
-fn upload_file(
-    conn: &Connection,
-    root: &Path,
-    folder: &str,
-    file: &BatchFile,
-    buffer: &mut Vec<u8>,
-    progress: &Progress,
-) -> Result<String, ShipError> {
-    let remote = format!("{folder}/{}", file.path);
-    let shown = format!("{} in {folder}", file.label);
-    let local_error = |source| ShipError::LocalRead { file: file.label.clone(), source };
-    let mut local = crate::batchfs::open(root, &file.path).map_err(local_error)?;
-    let chunk = if file.size >= LARGE_FILE_BYTES { LARGE_FILE_WRITE_CHUNK_BYTES } else { WRITE_CHUNK_BYTES };
-    buffer.resize(chunk.min(file.size.max(1) as usize), 0);
-    let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE;
-    let mut handle =
-        conn.sftp.open_mode(Path::new(&remote), flags, 0o644, OpenType::File).map_err(|e| conn.error(e, "creating", &shown))?;
-    let mut hasher = Sha256::new();
-    let mut sent = 0u64;
-    loop {
-        let n = read_full(&mut local, buffer).map_err(local_error)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-        handle.write_all(&buffer[..n]).map_err(|e| io_to_ship(conn, e, "writing", &shown))?;
-        sent += n as u64;
-        progress.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
-    }
-    handle.close().map_err(|e| conn.error(e, "closing", &shown))?;
-    if sent != file.size {
-        return Err(ShipError::LocalChanged {
-            file: file.label.clone(),
-            reason: format!("{sent} bytes read, {} when validated", file.size),
-        });
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
-
-fn read_full(file: &mut File, buffer: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        match file.read(&mut buffer[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
-
-fn io_to_ship(conn: &Connection, e: std::io::Error, what: &str, path: &str) -> ShipError {
-    match e.into_inner().and_then(|inner| inner.downcast::<ssh2::Error>().ok()) {
-        Some(ssh) => conn.error(*ssh, what, path),
-        None => {
-            conn.failed();
-            ShipError::Ssh { what: format!("{what} {path}"), message: "connection lost".into() }
-        }
-    }
 }
 
 /// Lists the folder once and checks every file is there with its full size: one listing per

@@ -1,0 +1,534 @@
+//! One session's share of a batch, pipelined across files on its own `sftp` subsystem channel:
+//! the next files are OPENed while earlier ones are written, WRITEs stay in flight up to a
+//! window (bytes and count), CLOSE is sent without waiting, and replies are matched by request
+//! id in whatever order they come. A file counts as shipped only when its CLOSE was acknowledged
+//! OK, after every WRITE was; its sha256 (taken while reading) must equal the check's.
+
+use super::session::Connection;
+use super::wire::{self, Decoder, Reply};
+use super::ShipError;
+use crate::validate::BatchFile;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// How much one session keeps in flight. WRITEs of 32 KiB: every SFTP server takes them.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub bytes: usize,
+    pub requests: usize,
+    pub open_files: usize,
+    pub chunk_bytes: usize,
+}
+
+pub const WINDOW: Window = Window { bytes: 8 * 1024 * 1024, requests: 512, open_files: 32, chunk_bytes: 32 * 1024 };
+/// Unsent bytes queued for the channel before more requests are made.
+const OUTBOX_BYTES: usize = 1024 * 1024;
+
+/// Where a session gets its files and reports them; `Crew` in `upload` is the real one.
+pub trait Files {
+    /// The next file to upload, or `None` when there is none left or the shipment is stopping.
+    fn take(&self) -> Option<&BatchFile>;
+    /// A file's CLOSE was acknowledged: it is complete on the server with this sha256.
+    fn shipped(&self, file: &BatchFile, sha256: String) -> Result<(), ShipError>;
+    /// Bytes the server acknowledged.
+    fn sent(&self, bytes: u64);
+    /// True when another session failed: stop at once, it reports the error.
+    fn abandoned(&self) -> bool;
+}
+
+/// A file being uploaded in this session.
+struct Active<'f> {
+    file: &'f BatchFile,
+    local: File,
+    hasher: Sha256,
+    handle: Option<Vec<u8>>,
+    offset: u64,
+    writes_out: usize,
+    read_all: bool,
+    close_sent: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Pending {
+    Open(usize),
+    Write(usize, usize),
+    Close(usize),
+}
+
+/// The requests in flight and what their replies mean: pure bookkeeping, no I/O but reading
+/// the local files it uploads.
+pub struct Flight<'f> {
+    folder: String,
+    root: &'f Path,
+    window: Window,
+    next_id: u32,
+    pending: HashMap<u32, Pending>,
+    slots: Vec<Option<Active<'f>>>,
+    bytes_out: usize,
+    outbox: Vec<u8>,
+    sent_upto: usize,
+    no_more_files: bool,
+}
+
+impl<'f> Flight<'f> {
+    pub fn new(root: &'f Path, folder: &str, window: Window) -> Flight<'f> {
+        Flight {
+            folder: folder.to_owned(),
+            root,
+            window,
+            next_id: 1,
+            pending: HashMap::new(),
+            slots: Vec::new(),
+            bytes_out: 0,
+            outbox: Vec::new(),
+            sent_upto: 0,
+            no_more_files: false,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.no_more_files && self.pending.is_empty() && self.slots.iter().all(Option::is_none) && self.unsent().is_empty()
+    }
+
+    pub fn unsent(&self) -> &[u8] {
+        &self.outbox[self.sent_upto..]
+    }
+
+    pub fn mark_sent(&mut self, n: usize) {
+        self.sent_upto += n;
+        if self.sent_upto == self.outbox.len() {
+            self.outbox.clear();
+            self.sent_upto = 0;
+        }
+    }
+
+    /// Queues every request the window allows: OPENs for new files, WRITEs, CLOSEs.
+    pub fn fill(&mut self, files: &'f impl Files, buffer: &mut Vec<u8>) -> Result<(), ShipError> {
+        while self.unsent().len() < OUTBOX_BYTES && self.pending.len() < self.window.requests {
+            if !self.queue_one(files, buffer)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues one request; false when nothing can be sent now.
+    fn queue_one(&mut self, files: &'f impl Files, buffer: &mut Vec<u8>) -> Result<bool, ShipError> {
+        // Finish what is open first: a WRITE or a CLOSE of the oldest file that can take one.
+        for slot in 0..self.slots.len() {
+            let Some(active) = self.slots[slot].as_mut() else { continue };
+            let Some(handle) = active.handle.clone() else { continue };
+            if !active.read_all {
+                if self.bytes_out + self.window.chunk_bytes > self.window.bytes {
+                    return Ok(false);
+                }
+                buffer.resize(self.window.chunk_bytes, 0);
+                let n = read_some(&mut active.local, buffer).map_err(|source| read_error(active.file, source))?;
+                if n == 0 {
+                    active.read_all = true;
+                    if active.offset != active.file.size {
+                        return Err(changed(active.file, format!("{} bytes read, {} when validated", active.offset, active.file.size)));
+                    }
+                } else {
+                    if active.offset + n as u64 > active.file.size {
+                        return Err(changed(active.file, "it grew after it was validated".into()));
+                    }
+                    active.hasher.update(&buffer[..n]);
+                    let id = self.id(Pending::Write(slot, n));
+                    let active = self.slots[slot].as_mut().expect("slot in use");
+                    self.outbox.extend_from_slice(&wire::write_header(id, &handle, active.offset, n));
+                    self.outbox.extend_from_slice(&buffer[..n]);
+                    active.offset += n as u64;
+                    active.writes_out += 1;
+                    self.bytes_out += n;
+                    return Ok(true);
+                }
+            }
+            let active = self.slots[slot].as_mut().expect("slot in use");
+            if active.read_all && !active.close_sent && active.writes_out == 0 {
+                active.close_sent = true;
+                let id = self.id(Pending::Close(slot));
+                self.outbox.extend_from_slice(&wire::close(id, &handle));
+                return Ok(true);
+            }
+        }
+        self.open_next(files)
+    }
+
+    fn open_next(&mut self, files: &'f impl Files) -> Result<bool, ShipError> {
+        let open_now = self.slots.iter().filter(|s| s.is_some()).count();
+        if self.no_more_files || open_now >= self.window.open_files {
+            return Ok(false);
+        }
+        let Some(file) = files.take() else {
+            self.no_more_files = true;
+            return Ok(false);
+        };
+        let local = crate::batchfs::open(self.root, &file.path).map_err(|source| read_error(file, source))?;
+        let active =
+            Active { file, local, hasher: Sha256::new(), handle: None, offset: 0, writes_out: 0, read_all: false, close_sent: false };
+        let slot = match self.slots.iter().position(Option::is_none) {
+            Some(free) => free,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        self.slots[slot] = Some(active);
+        let id = self.id(Pending::Open(slot));
+        self.outbox.extend_from_slice(&wire::open(id, &format!("{}/{}", self.folder, file.path)));
+        Ok(true)
+    }
+
+    fn id(&mut self, pending: Pending) -> u32 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        self.pending.insert(id, pending);
+        id
+    }
+
+    /// What a reply means for the request it answers; any status but OK fails the shipment,
+    /// naming the file and the step.
+    pub fn on_reply(&mut self, reply: Reply, files: &impl Files) -> Result<(), ShipError> {
+        let (id, outcome) = match reply {
+            Reply::Handle { id, handle } => (id, Ok(Some(handle))),
+            Reply::Status { id, code: wire::FX_OK, .. } => (id, Ok(None)),
+            Reply::Status { id, code, message } => (id, Err((code, message))),
+            Reply::Version(_) | Reply::Other { .. } => return Err(protocol("a reply no request asked for")),
+        };
+        let pending = self.pending.remove(&id).ok_or_else(|| protocol("a reply to no request"))?;
+        let (slot, step) = match pending {
+            Pending::Open(slot) => (slot, "creating"),
+            Pending::Write(slot, _) => (slot, "writing"),
+            Pending::Close(slot) => (slot, "closing"),
+        };
+        let active = self.slots[slot].as_mut().ok_or_else(|| protocol("a reply for a finished file"))?;
+        let shown = format!("{} in {}", active.file.label, self.folder);
+        let handle = match outcome {
+            Err((code, message)) => return Err(status_error(step, &shown, code, &message)),
+            Ok(handle) => handle,
+        };
+        match pending {
+            Pending::Open(_) => active.handle = Some(handle.ok_or_else(|| protocol("OPEN answered without a handle"))?),
+            Pending::Write(_, len) => {
+                active.writes_out -= 1;
+                self.bytes_out -= len;
+                files.sent(len as u64);
+            }
+            Pending::Close(_) => {
+                let done = self.slots[slot].take().expect("slot in use");
+                files.shipped(done.file, hex::encode(done.hasher.finalize()))?;
+                crate::failpoint::hit_counted("after_file");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs one session's share: opens the SFTP channel, then sends and receives without blocking
+/// until every file it took is closed on the server, or something fails.
+pub fn upload(conn: &Connection, root: &Path, folder: &str, files: &impl Files) -> Result<(), ShipError> {
+    let mut channel = open_channel(conn)?;
+    conn.session.set_blocking(false);
+    let result = pump(conn, &mut channel, Flight::new(root, folder, WINDOW), files);
+    conn.session.set_blocking(true);
+    if result.is_err() {
+        conn.failed();
+    }
+    result
+}
+
+fn pump<'f>(conn: &Connection, channel: &mut ssh2::Channel, mut flight: Flight<'f>, files: &'f impl Files) -> Result<(), ShipError> {
+    let timeout = Duration::from_secs(conn.timeout_secs);
+    let (mut buffer, mut incoming, mut decoder) = (Vec::new(), vec![0u8; 64 * 1024], Decoder::default());
+    let mut last_progress = Instant::now();
+    loop {
+        if files.abandoned() {
+            return Ok(());
+        }
+        flight.fill(files, &mut buffer)?;
+        if flight.is_done() {
+            return Ok(());
+        }
+        let mut progressed = false;
+        while !flight.unsent().is_empty() {
+            match channel.write(flight.unsent()) {
+                Ok(0) => break,
+                Ok(n) => {
+                    flight.mark_sent(n);
+                    progressed = true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(lost(conn, folder_of(&flight), e)),
+            }
+        }
+        loop {
+            match channel.read(&mut incoming) {
+                Ok(0) if channel.eof() => return Err(lost(conn, folder_of(&flight), std::io::ErrorKind::UnexpectedEof.into())),
+                Ok(0) => break,
+                Ok(n) => {
+                    decoder.feed(&incoming[..n]);
+                    progressed = true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(lost(conn, folder_of(&flight), e)),
+            }
+        }
+        while let Some(reply) = decoder.next_reply().map_err(|e| protocol(e.0))? {
+            flight.on_reply(reply, files)?;
+        }
+        if progressed {
+            last_progress = Instant::now();
+            continue;
+        }
+        let waited = last_progress.elapsed();
+        if waited >= timeout {
+            return Err(ShipError::Timeout {
+                what: format!("uploading into {}", folder_of(&flight)),
+                addr: conn.addr.clone(),
+                secs: conn.timeout_secs,
+            });
+        }
+        wait_for_socket(conn, timeout - waited);
+    }
+}
+
+fn folder_of(flight: &Flight) -> String {
+    flight.folder.clone()
+}
+
+/// Opens the `sftp` subsystem on a channel of its own and says hello (blocking, with the
+/// session's timeout).
+fn open_channel(conn: &Connection) -> Result<ssh2::Channel, ShipError> {
+    let mut channel = conn.session.channel_session().map_err(|e| conn.error(e, "opening an SFTP channel", ""))?;
+    channel.subsystem("sftp").map_err(|e| conn.error(e, "starting the sftp subsystem", ""))?;
+    channel.write_all(&wire::init()).map_err(|e| lost(conn, "the SFTP hello".into(), e))?;
+    let mut decoder = Decoder::default();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = channel.read(&mut buf).map_err(|e| lost(conn, "the SFTP hello".into(), e))?;
+        if n == 0 {
+            return Err(lost(conn, "the SFTP hello".into(), std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        decoder.feed(&buf[..n]);
+        match decoder.next_reply().map_err(|e| protocol(e.0))? {
+            Some(Reply::Version(_)) => return Ok(channel),
+            Some(_) => return Err(protocol("the server did not answer INIT with VERSION")),
+            None => {}
+        }
+    }
+}
+
+/// Sleeps until the socket can move in the direction libssh2 waits for, or `limit` passes.
+fn wait_for_socket(conn: &Connection, limit: Duration) {
+    let directions = conn.session.block_directions();
+    let mut events = 0;
+    if matches!(directions, ssh2::BlockDirections::Inbound | ssh2::BlockDirections::Both | ssh2::BlockDirections::None) {
+        events |= libc::POLLIN;
+    }
+    if matches!(directions, ssh2::BlockDirections::Outbound | ssh2::BlockDirections::Both) {
+        events |= libc::POLLOUT;
+    }
+    let mut fd = libc::pollfd { fd: conn.session.as_raw_fd(), events, revents: 0 };
+    let millis = limit.as_millis().clamp(1, 1000) as libc::c_int;
+    // SAFETY: one valid pollfd on the stack, its count 1; the socket stays open for the call.
+    unsafe { libc::poll(&mut fd, 1, millis) };
+}
+
+fn read_some(file: &mut File, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match file.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+fn read_error(file: &BatchFile, source: std::io::Error) -> ShipError {
+    ShipError::LocalRead { file: file.label.clone(), source }
+}
+
+fn changed(file: &BatchFile, reason: String) -> ShipError {
+    ShipError::LocalChanged { file: file.label.clone(), reason }
+}
+
+fn protocol(what: &'static str) -> ShipError {
+    ShipError::Ssh { what: "the SFTP conversation".into(), message: format!("the server broke the protocol: {what}") }
+}
+
+fn lost(conn: &Connection, what: String, e: std::io::Error) -> ShipError {
+    conn.failed();
+    ShipError::Ssh { what, message: format!("the connection failed ({e})") }
+}
+
+/// A non-OK status for `step` on `shown`, classified as `ShipError::from_ssh` does.
+fn status_error(step: &str, shown: &str, code: u32, message: &str) -> ShipError {
+    match code {
+        wire::FX_NO_SUCH_FILE => ShipError::RemoteMissing { path: shown.to_owned() },
+        wire::FX_PERMISSION_DENIED => ShipError::PermissionDenied { path: shown.to_owned() },
+        wire::FX_NO_SPACE_ON_FILESYSTEM | wire::FX_QUOTA_EXCEEDED => ShipError::RemoteFull { path: shown.to_owned() },
+        _ => ShipError::Ssh {
+            what: format!("{step} {shown}"),
+            message: format!("the server answered SFTP status {code} ({}){}", wire::status_name(code), shown_message(message)),
+        },
+    }
+}
+
+fn shown_message(message: &str) -> String {
+    let message = crate::folders::shown(message.trim());
+    if message.is_empty() {
+        String::new()
+    } else {
+        format!(": {message}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    struct List {
+        files: Vec<BatchFile>,
+        next: RefCell<usize>,
+        shipped: RefCell<Vec<(String, String)>>,
+    }
+
+    impl Files for List {
+        fn take(&self) -> Option<&BatchFile> {
+            let i = *self.next.borrow();
+            *self.next.borrow_mut() += 1;
+            self.files.get(i)
+        }
+        fn shipped(&self, file: &BatchFile, sha256: String) -> Result<(), ShipError> {
+            self.shipped.borrow_mut().push((file.path.clone(), sha256));
+            Ok(())
+        }
+        fn sent(&self, _: u64) {}
+        fn abandoned(&self) -> bool {
+            false
+        }
+    }
+
+    /// Two files in a folder, the first 70,000 bytes (three WRITEs), the second 10.
+    fn two_files() -> (tempfile::TempDir, List) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.png"), vec![7u8; 70_000]).unwrap();
+        std::fs::write(dir.path().join("b.png"), b"0123456789").unwrap();
+        let file = |path: &str, size, row| BatchFile { path: path.into(), size, label: format!("the image of row {row}, frontImage") };
+        let files = vec![file("a.png", 70_000, 1), file("b.png", 10, 2)];
+        (dir, List { files, next: RefCell::new(0), shipped: RefCell::default() })
+    }
+
+    /// The requests queued so far, as (kind, id).
+    fn requests(flight: &mut Flight) -> Vec<(u8, u32)> {
+        let mut out = Vec::new();
+        let bytes = flight.unsent().to_vec();
+        let mut rest = &bytes[..];
+        while rest.len() >= 9 {
+            let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+            out.push((rest[4], u32::from_be_bytes(rest[5..9].try_into().unwrap())));
+            rest = &rest[4 + len..];
+        }
+        flight.mark_sent(bytes.len());
+        out
+    }
+
+    fn ok(id: u32) -> Reply {
+        Reply::Status { id, code: wire::FX_OK, message: String::new() }
+    }
+
+    #[test]
+    fn files_are_opened_ahead_written_in_a_window_and_closed_once_every_write_is_acknowledged() {
+        let (dir, list) = two_files();
+        let mut flight = Flight::new(dir.path(), "u", WINDOW);
+        let mut buffer = Vec::new();
+        flight.fill(&list, &mut buffer).unwrap();
+        assert_eq!(requests(&mut flight), [(3, 1), (3, 2)], "both files opened before any reply");
+        // Handles in reverse order: replies are matched by id.
+        flight.on_reply(Reply::Handle { id: 2, handle: b"hb".to_vec() }, &list).unwrap();
+        flight.on_reply(Reply::Handle { id: 1, handle: b"ha".to_vec() }, &list).unwrap();
+        flight.fill(&list, &mut buffer).unwrap();
+        assert_eq!(requests(&mut flight), [(6, 3), (6, 4), (6, 5), (6, 6)], "all WRITEs in flight at once, no CLOSE yet");
+        for id in [6, 4, 3] {
+            flight.on_reply(ok(id), &list).unwrap();
+        }
+        flight.fill(&list, &mut buffer).unwrap();
+        assert_eq!(requests(&mut flight), [(4, 7)], "b is closed; a still has a WRITE out");
+        flight.on_reply(ok(7), &list).unwrap();
+        flight.on_reply(ok(5), &list).unwrap();
+        flight.fill(&list, &mut buffer).unwrap();
+        assert_eq!(requests(&mut flight), [(4, 8)]);
+        assert!(!flight.is_done());
+        flight.on_reply(ok(8), &list).unwrap();
+        assert!(flight.is_done());
+        let shipped = list.shipped.borrow();
+        assert_eq!(shipped.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["b.png", "a.png"]);
+        assert_eq!(shipped[0].1, hex::encode(Sha256::digest(b"0123456789")));
+    }
+
+    #[test]
+    fn an_error_status_for_each_request_fails_naming_the_file_and_the_step() {
+        let cases = [
+            (0, wire::FX_PERMISSION_DENIED, "permission denied on the server for the image of row 1, frontImage in u"),
+            (0, wire::FX_NO_SUCH_FILE, "the image of row 1, frontImage in u has no parent folder"),
+            (1, wire::FX_NO_SPACE_ON_FILESYSTEM, "disk or quota is full while writing the image of row 1, frontImage in u"),
+            (1, 4, "writing the image of row 1, frontImage in u failed: the server answered SFTP status 4 (failure): nope"),
+            (2, 4, "closing the image of row 2, frontImage in u failed: the server answered SFTP status 4 (failure): nope"),
+        ];
+        for (step, code, expected) in cases {
+            let (dir, list) = two_files();
+            let mut flight = Flight::new(dir.path(), "u", WINDOW);
+            let mut buffer = Vec::new();
+            flight.fill(&list, &mut buffer).unwrap();
+            requests(&mut flight);
+            let fail = |id| Reply::Status { id, code, message: "nope".into() };
+            let error = match step {
+                0 => flight.on_reply(fail(1), &list).unwrap_err(),
+                1 => {
+                    flight.on_reply(Reply::Handle { id: 1, handle: b"ha".to_vec() }, &list).unwrap();
+                    flight.fill(&list, &mut buffer).unwrap();
+                    requests(&mut flight);
+                    flight.on_reply(fail(3), &list).unwrap_err()
+                }
+                _ => {
+                    flight.on_reply(Reply::Handle { id: 2, handle: b"hb".to_vec() }, &list).unwrap();
+                    flight.fill(&list, &mut buffer).unwrap();
+                    assert_eq!(requests(&mut flight), [(6, 3)]);
+                    flight.on_reply(ok(3), &list).unwrap();
+                    flight.fill(&list, &mut buffer).unwrap();
+                    assert_eq!(requests(&mut flight), [(4, 4)]);
+                    flight.on_reply(fail(4), &list).unwrap_err()
+                }
+            };
+            assert!(error.to_string().contains(expected), "{error}");
+            assert!(!error.to_string().contains(".png"), "a file name in {error}");
+        }
+    }
+
+    #[test]
+    fn a_reply_to_nothing_is_a_protocol_error_and_a_small_window_holds_writes_back() {
+        let (dir, list) = two_files();
+        let window = Window { bytes: 40_000, requests: 512, open_files: 1, chunk_bytes: 32 * 1024 };
+        let mut flight = Flight::new(dir.path(), "u", window);
+        let mut buffer = Vec::new();
+        flight.fill(&list, &mut buffer).unwrap();
+        assert_eq!(requests(&mut flight), [(3, 1)], "one file open at a time");
+        assert!(flight.on_reply(ok(99), &list).unwrap_err().to_string().contains("a reply to no request"));
+        flight.on_reply(Reply::Handle { id: 1, handle: b"ha".to_vec() }, &list).unwrap();
+        flight.fill(&list, &mut buffer).unwrap();
+        assert_eq!(requests(&mut flight), [(6, 2)], "40,000 bytes of window: one 32 KiB WRITE out");
+        flight.on_reply(ok(2), &list).unwrap();
+        flight.fill(&list, &mut buffer).unwrap();
+        assert_eq!(requests(&mut flight), [(6, 3)]);
+    }
+}
