@@ -251,6 +251,10 @@ fn send_run_again_on_a_submitted_batch_exits_0_and_sends_nothing() {
     assert!(said.contains(&format!("again: already submitted as {uuid} at ")) && said.contains("nothing was sent"), "{said}");
     assert_eq!(server.write_opens().len(), writes, "nothing opened for writing");
     assert_eq!(server.remote_folders(), [uuid]);
+    // Asked for explicitly, the same folder is submitted again.
+    let forced = jumio(&config, &["send", "--allow-duplicate", &batch.dir.display().to_string()]);
+    assert_eq!(forced.status.code(), Some(0), "{}", String::from_utf8_lossy(&forced.stderr));
+    assert_eq!(server.remote_folders().len(), 2);
 
     // A changed image of the same size is other content: a new batch, shipped.
     let image = batch.dir.join("img/1.face.png");
@@ -261,7 +265,7 @@ fn send_run_again_on_a_submitted_batch_exits_0_and_sends_nothing() {
     let changed = send(&config, &batch.dir, None).wait_with_output().unwrap();
     assert_eq!(changed.status.code(), Some(0), "{}", String::from_utf8_lossy(&changed.stderr));
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&changed.stdout).unwrap()["already_submitted"], false);
-    assert_eq!(server.remote_folders().len(), 2);
+    assert_eq!(server.remote_folders().len(), 3);
 }
 
 #[test]

@@ -56,7 +56,7 @@ pub enum Command {
         /// Print the receipt (or the validation report) as JSON.
         #[arg(long)]
         json: bool,
-        /// Ship even if a batch with the same content was already submitted (each submission costs money).
+        /// Ship even if a batch with the same content was already submitted, this folder included (each submission costs money).
         #[arg(long)]
         allow_duplicate: bool,
     },

@@ -28,7 +28,7 @@ pub async fn run(config: Option<&Path>, dir: &Path, json: bool, allow_duplicate:
         stop.store(true, Ordering::SeqCst);
         notify.notify_one();
     });
-    let mut claim = match life.admit(dir).await? {
+    let mut claim = match life.admit(dir, allow_duplicate).await? {
         Admitted::Finished(outcome) => return report(*outcome, json),
         Admitted::Ready(claim) => claim,
     };

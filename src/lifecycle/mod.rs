@@ -109,7 +109,8 @@ impl Lifecycle {
 
     /// `send DIR`: the record of this folder and content (an unfinished one resumes), or the
     /// answer when there is nothing to ship: invalid, already submitted, or busy elsewhere.
-    pub async fn admit(&self, dir: &Path) -> Result<Admitted, LifecycleError> {
+    /// With `allow_duplicate` a submitted batch is submitted again (the operator asked for it).
+    pub async fn admit(&self, dir: &Path, allow_duplicate: bool) -> Result<Admitted, LifecycleError> {
         let checked = self.validate(dir).await?;
         let source = source_path(dir);
         let name = checked.report.batch.clone();
@@ -134,7 +135,7 @@ impl Lifecycle {
                 return Ok(Admitted::Ready(Box::new(Claim { record, dir: dir.to_path_buf(), checked, digests, _lock: lock })));
             }
         }
-        if let Some(record) = self.store.submitted_from(&source, &key).await? {
+        if let Some(record) = self.store.submitted_from(&source, &key).await?.filter(|_| !allow_duplicate) {
             let receipt = Receipt::stored(&record, self.store.shipped_hashes(record.id).await?);
             return Ok(Admitted::Finished(Box::new(Outcome::AlreadySubmitted { record, receipt })));
         }

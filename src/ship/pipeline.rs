@@ -101,8 +101,12 @@ impl<'f> Flight<'f> {
 
     pub fn mark_sent(&mut self, n: usize) {
         self.sent_upto += n;
+        // The outbox is refilled before it drains: drop what was sent, so memory stays bounded.
         if self.sent_upto == self.outbox.len() {
             self.outbox.clear();
+            self.sent_upto = 0;
+        } else if self.sent_upto >= OUTBOX_BYTES {
+            self.outbox.drain(..self.sent_upto);
             self.sent_upto = 0;
         }
     }
@@ -513,6 +517,19 @@ mod tests {
             assert!(error.to_string().contains(expected), "{error}");
             assert!(!error.to_string().contains(".png"), "a file name in {error}");
         }
+    }
+
+    #[test]
+    fn the_outbox_stays_bounded_while_it_is_refilled_before_it_drains() {
+        let (dir, list) = two_files();
+        let mut flight = Flight::new(dir.path(), "u", WINDOW);
+        for _ in 0..10 {
+            flight.outbox.extend_from_slice(&vec![0u8; OUTBOX_BYTES / 2]);
+            let half = flight.unsent().len() / 2;
+            flight.mark_sent(half.max(1));
+        }
+        assert!(flight.outbox.len() <= 3 * OUTBOX_BYTES, "{} bytes kept", flight.outbox.len());
+        drop(list);
     }
 
     #[test]
