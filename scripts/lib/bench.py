@@ -82,12 +82,23 @@ def lftp_mirror(batch):
     return run(CLIENT_PREFIX + ["lftp", "-c", script])
 
 
+def config_for(binary):
+    """The server's config; an earlier build gets a state database of its own (older schema)."""
+    if binary is None:
+        return f"{SERVER}/config.toml"
+    path = os.path.join(WORK, "config-previous.toml")
+    text = open(f"{SERVER}/config.toml").read()
+    db = text.split('database = "', 1)[1].split('"', 1)[0]
+    open(path, "w").write(text.replace(db, os.path.join(WORK, "previous-state.db")))
+    return path
+
+
 def jumio_send(batch, binary=None):
-    return run(CLIENT_PREFIX + [binary or BIN, "--config", f"{SERVER}/config.toml", "send", "--allow-duplicate", batch])
+    return run(CLIENT_PREFIX + [binary or BIN, "--config", config_for(binary), "send", "--allow-duplicate", batch])
 
 
 def jumio_ship_tree(batch, binary=None):
-    return run(CLIENT_PREFIX + [binary or SHIP_TREE, f"{SERVER}/config.toml", batch])
+    return run(CLIENT_PREFIX + [binary or SHIP_TREE, config_for(binary), batch])
 
 
 def tree_bytes(path):

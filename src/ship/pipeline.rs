@@ -298,7 +298,7 @@ fn pump<'f>(conn: &Connection, channel: &mut ssh2::Channel, mut flight: Flight<'
                 secs: conn.timeout_secs,
             });
         }
-        wait_for_socket(conn, timeout - waited);
+        wait_for_socket(conn, !flight.unsent().is_empty(), timeout - waited);
     }
 }
 
@@ -328,16 +328,11 @@ fn open_channel(conn: &Connection) -> Result<ssh2::Channel, ShipError> {
     }
 }
 
-/// Sleeps until the socket can move in the direction libssh2 waits for, or `limit` passes.
-fn wait_for_socket(conn: &Connection, limit: Duration) {
-    let directions = conn.session.block_directions();
-    let mut events = 0;
-    if matches!(directions, ssh2::BlockDirections::Inbound | ssh2::BlockDirections::Both | ssh2::BlockDirections::None) {
-        events |= libc::POLLIN;
-    }
-    if matches!(directions, ssh2::BlockDirections::Outbound | ssh2::BlockDirections::Both) {
-        events |= libc::POLLOUT;
-    }
+/// Sleeps until the socket can move the way we wait for (replies in; our bytes out while some
+/// are unsent, or when libssh2 says it is stuck sending), or `limit` passes.
+fn wait_for_socket(conn: &Connection, sending: bool, limit: Duration) {
+    let stuck_sending = matches!(conn.session.block_directions(), ssh2::BlockDirections::Outbound | ssh2::BlockDirections::Both);
+    let events = if sending || stuck_sending { libc::POLLIN | libc::POLLOUT } else { libc::POLLIN };
     let mut fd = libc::pollfd { fd: conn.session.as_raw_fd(), events, revents: 0 };
     let millis = limit.as_millis().clamp(1, 1000) as libc::c_int;
     // SAFETY: one valid pollfd on the stack, its count 1; the socket stays open for the call.
