@@ -11,6 +11,9 @@ RUNS = int(os.environ.get("RUNS", "3"))
 PREVIOUS_BIN = os.environ.get("PREVIOUS_BIN")
 PREVIOUS_SHIP_TREE = os.environ.get("PREVIOUS_SHIP_TREE")
 LINK_MBIT = float(os.environ.get("LINK_MBIT", "0"))
+# Quick passes: PROFILES=small (some of large,realistic,small), PEERS=none (or some of sftp,lftp).
+PROFILES = os.environ.get("PROFILES", "large,realistic,small").split(",")
+PEERS = os.environ.get("PEERS", "sftp,lftp").split(",")
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORK = tempfile.mkdtemp(prefix="jumio-bench-")
 
@@ -127,17 +130,19 @@ def bench_validate():
 def bench_ship():
     wan = bool(CLIENT_PREFIX)
     profiles = [
-        ("large 40 x 25 MB", make_large(), jumio_ship_tree, PREVIOUS_SHIP_TREE),
-        ("realistic 500 rows x 3 x 400 KB", make_profile("realistic", 500, 400_000), jumio_send, PREVIOUS_BIN),
-        ("small 1,000 rows x 3 x 8 KB", make_profile("small", 1000, 8_000), jumio_send, PREVIOUS_BIN),
+        ("large 40 x 25 MB", make_large, jumio_ship_tree, PREVIOUS_SHIP_TREE),
+        ("realistic 500 rows x 3 x 400 KB", lambda: make_profile("realistic", 500, 400_000), jumio_send, PREVIOUS_BIN),
+        ("small 1,000 rows x 3 x 8 KB", lambda: make_profile("small", 1000, 8_000), jumio_send, PREVIOUS_BIN),
     ]
-    has_lftp = shutil.which("lftp") is not None
+    profiles = [p for p in profiles if p[0].split()[0] in PROFILES]
+    has_lftp = shutil.which("lftp") is not None and "lftp" in PEERS
     header = f"{'profile':34} {'jumio-batchd':>13} {'previous':>9} {'sftp -b':>9} {'lftp -P4':>9} {'vs sftp':>8} {'vs lftp':>8} {'vs prev':>8}"
     print(header + (f" {'link floor':>11} {'x floor':>8}" if LINK_MBIT else "") + f" {'peak RSS':>9}")
-    for name, batch, ours_fn, previous in profiles:
+    for name, make, ours_fn, previous in profiles:
+        batch = make()
         ours, rss = median_of(lambda: ours_fn(batch))
         prev = median_of(lambda: ours_fn(batch, previous))[0] if previous else float("nan")
-        theirs, _ = median_of(lambda: sftp_put(batch))
+        theirs = median_of(lambda: sftp_put(batch))[0] if "sftp" in PEERS else float("nan")
         lftp = median_of(lambda: lftp_mirror(batch))[0] if has_lftp else float("nan")
         line = f"{name:34} {ours:12.2f}s {prev:8.2f}s {theirs:8.2f}s {lftp:8.2f}s {theirs / ours:7.2f}x {lftp / ours:7.2f}x {prev / ours:7.2f}x"
         if LINK_MBIT:

@@ -431,7 +431,14 @@ pub async fn run(loaded: &Loaded, shutdown: impl Future<Output = ()>, once: bool
                 break;
             }
             Some(()) = events.recv(), if !once => {
-                tokio::time::sleep(DEBOUNCE).await;
+                // A burst of events becomes one scan; a batch ending meanwhile frees a slot, which
+                // is refilled at once (claims are events too: they must not idle the slots).
+                let debounce = tokio::time::sleep(DEBOUNCE);
+                tokio::pin!(debounce);
+                tokio::select! {
+                    _ = &mut debounce => {}
+                    Some(_) = daemon.join_next(), if daemon.in_flight() > 0 => {}
+                }
                 while events.try_recv().is_ok() {}
             }
             Some(_) = daemon.join_next(), if daemon.in_flight() > 0 => {}

@@ -150,10 +150,7 @@ impl Lifecycle {
     pub async fn claim(&self, src: &Path, name: &str, work: &Path) -> Result<Option<(BatchRecord, PathBuf)>, LifecycleError> {
         let record = self.store.claim(name, |id| work.join(claimed_name(id, name)).display().to_string()).await?;
         let (from, to) = (src.to_path_buf(), PathBuf::from(&record.source_path));
-        let moved = {
-            let (from, to) = (from.clone(), to.clone());
-            blocking(move || folders::rename_no_replace(&from, &to)).await
-        };
+        let moved = rename(&from, &to).await;
         match moved {
             Ok(()) => Ok(Some((record, to))),
             Err(source) => {
@@ -174,10 +171,7 @@ impl Lifecycle {
             return self.claim(dir, &name, work).await;
         };
         let (from, to) = (dir.to_path_buf(), work.join(claimed_name(record.id, &record.name)));
-        let moved = {
-            let (from, to) = (from.clone(), to.clone());
-            blocking(move || folders::rename_no_replace(&from, &to)).await
-        };
+        let moved = rename(&from, &to).await;
         moved.map_err(|source| moving("adopt", &from, &to, source))?;
         self.store.set_source_path(record.id, &to.display().to_string()).await?;
         Ok(Some((record, to)))
@@ -350,6 +344,12 @@ pub fn outcome_record(outcome: &Outcome) -> &BatchRecord {
         | Outcome::Interrupted { record }
         | Outcome::Busy { record, .. } => record,
     }
+}
+
+/// Renames `from` to `to` (never replacing) off the async runtime.
+async fn rename(from: &Path, to: &Path) -> std::io::Result<()> {
+    let (from, to) = (from.to_path_buf(), to.to_path_buf());
+    blocking(move || folders::rename_no_replace(&from, &to)).await
 }
 
 fn moving(what: &'static str, from: &Path, to: &Path, source: std::io::Error) -> LifecycleError {
