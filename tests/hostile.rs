@@ -18,6 +18,29 @@ fn jumio(config: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_jumio-batchd")).arg("--config").arg(config).args(args).stdin(Stdio::null()).output().unwrap()
 }
 
+/// `send` with a failpoint that slows it, its output captured.
+fn send_slowed(config: &Path, batch: &Batch, failpoint: &str) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_jumio-batchd"))
+        .arg("--config")
+        .arg(config)
+        .arg("send")
+        .arg(&batch.dir)
+        .env(jumio_batchd::failpoint::ENV, failpoint)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[track_caller]
+fn wait_for_server_bytes(server: &TestServer, bytes: u64) {
+    let deadline = Instant::now() + WAIT;
+    while dir_bytes(&server.home()) < bytes {
+        assert!(Instant::now() < deadline, "the upload never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -82,21 +105,8 @@ fn an_image_changed_after_validation_fails_the_attempt_without_done_and_names_no
     batch.file_ref("img/Jane_Doe_passport.png", &small);
     // Largest first, the small one last: it is read only once 8 MB (the window) are acknowledged,
     // and each finished file pauses 1.5 s (failpoint); we swap it for other bytes of its size.
-    let child = Command::new(env!("CARGO_BIN_EXE_jumio-batchd"))
-        .arg("--config")
-        .arg(&config)
-        .arg("send")
-        .arg(&batch.dir)
-        .env(jumio_batchd::failpoint::ENV, "after_file~1500")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + WAIT;
-    while dir_bytes(&server.home()) < 2_000_000 {
-        assert!(Instant::now() < deadline, "the upload never started");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let child = send_slowed(&config, &batch, "after_file~1500");
+    wait_for_server_bytes(&server, 2_000_000);
     let swapped = [fixtures::png(8, 8), fixtures::noise(1000, 3)].concat();
     assert_eq!(swapped.len(), small.len());
     std::fs::write(batch.path("img/Jane_Doe_passport.png"), swapped).unwrap();
@@ -283,21 +293,8 @@ fn a_server_that_stalls_mid_upload_is_noticed_within_the_timeout() {
     let config = server.write_config_file(&[]);
     stalling(&config, 3);
     let batch = big("stalled", 6);
-    let child = Command::new(env!("CARGO_BIN_EXE_jumio-batchd"))
-        .arg("--config")
-        .arg(&config)
-        .arg("send")
-        .arg(&batch.dir)
-        .env(jumio_batchd::failpoint::ENV, "after_file~300")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + WAIT;
-    while dir_bytes(&server.home()) < 2_000_000 {
-        assert!(Instant::now() < deadline, "the upload never started");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let child = send_slowed(&config, &batch, "after_file~300");
+    wait_for_server_bytes(&server, 2_000_000);
     server.freeze();
     let frozen_at = Instant::now();
     let out = child.wait_with_output().unwrap();

@@ -2,7 +2,7 @@
 //! keys, a temp home. Jumio's server is not necessarily OpenSSH; what we rely on must hold here
 //! too. Killed on drop.
 
-use super::sshd::{keygen, sftp_toml};
+use super::sshd::{server_files, sftp_toml};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,10 +17,7 @@ impl OtherServer {
     pub fn start() -> OtherServer {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_path_buf();
-        keygen(&d.join("host_ed25519"), "ed25519");
-        keygen(&d.join("client_key"), "ed25519");
-        std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
-        std::fs::create_dir(d.join("home")).unwrap();
+        server_files(&d);
         let mut server = OtherServer { dir, port: 0, child: None };
         server.restart();
         let known = format!("[127.0.0.1]:{} {}", server.port, std::fs::read_to_string(d.join("host_ed25519.pub")).unwrap());

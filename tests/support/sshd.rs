@@ -40,10 +40,7 @@ impl TestServer {
     fn start_with(logged: bool, extra_config: &str) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_path_buf();
-        keygen(&d.join("host_ed25519"), "ed25519");
-        keygen(&d.join("client_key"), "ed25519");
-        std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
-        std::fs::create_dir(d.join("home")).unwrap();
+        server_files(&d);
         if is_root() {
             let _ = std::fs::create_dir_all("/run/sshd");
         }
@@ -276,6 +273,14 @@ fn children_of(parent: i32) -> Vec<i32> {
         }
     }
     found
+}
+
+/// A test server's keys in `dir` (host key, client key authorised) and its empty home.
+pub fn server_files(dir: &Path) {
+    keygen(&dir.join("host_ed25519"), "ed25519");
+    keygen(&dir.join("client_key"), "ed25519");
+    std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys")).unwrap();
+    std::fs::create_dir(dir.join("home")).unwrap();
 }
 
 /// The `[sftp]` section for a test server on 127.0.0.1.
