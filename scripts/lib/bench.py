@@ -178,17 +178,27 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def stage_batch(path, rows, image_bytes, tag):
+    """A sample batch whose references start with `tag`, so no two are duplicates."""
+    subprocess.run([sys.executable, os.path.join(HERE, "make_batch.py"), path, str(rows), str(image_bytes)], check=True)
+    csv = os.path.join(path, "input.csv")
+    text = open(csv).read().replace("demo-", tag)
+    open(csv, "w").write(text)
+    return path
+
+
+def new_done_folders(before):
+    """Folders on the server, not in `before`, that hold DONE."""
+    home = os.path.join(SERVER, "home")
+    return len([d for d in set(os.listdir(home)) - before if os.path.exists(os.path.join(home, d, "DONE"))])
+
+
 def marker_to_done(root, proc, n):
     """Drops n one-row batches one at a time; seconds from writing the marker to DONE on the server."""
     latencies = []
     home = os.path.join(SERVER, "home")
     for i in range(n):
-        staged = os.path.join(root, "staging", f"lat-{time.time_ns()}")
-        subprocess.run([sys.executable, os.path.join(HERE, "make_batch.py"), staged, "1", "0"], check=True)
-        # A distinct reference per batch, so none is refused as a duplicate.
-        csv = os.path.join(staged, "input.csv")
-        text = open(csv).read().replace("demo-00001", f"lat-{time.time_ns()}")
-        open(csv, "w").write(text)
+        staged = stage_batch(os.path.join(root, "staging", f"lat-{time.time_ns()}"), 1, 0, f"lat-{time.time_ns()}-")
         before = set(os.listdir(home))
         target = os.path.join(root, "inbox", os.path.basename(staged))
         os.rename(staged, target)
@@ -196,8 +206,7 @@ def marker_to_done(root, proc, n):
         start = time.perf_counter()
         open(os.path.join(target, "DONE"), "w").close()
         while True:
-            new = [d for d in set(os.listdir(home)) - before if os.path.exists(os.path.join(home, d, "DONE"))]
-            if new:
+            if new_done_folders(before):
                 break
             if proc.poll() is not None:
                 sys.exit("daemon died")
@@ -214,12 +223,7 @@ def many_small_batches(n=100):
     config = daemon_config(root, True, 5)
     staged = []
     for i in range(n):
-        path = os.path.join(root, "staging", f"many-{i:03}")
-        subprocess.run([sys.executable, os.path.join(HERE, "make_batch.py"), path, "2", "20000"], check=True)
-        csv = os.path.join(path, "input.csv")
-        text = open(csv).read().replace("demo-0000", f"many-{i:03}-")
-        open(csv, "w").write(text)
-        staged.append(path)
+        staged.append(stage_batch(os.path.join(root, "staging", f"many-{i:03}"), 2, 20000, f"many-{i:03}-"))
     home = os.path.join(SERVER, "home")
     before = set(os.listdir(home))
     log = open(os.path.join(root, "log"), "w")
@@ -230,7 +234,7 @@ def many_small_batches(n=100):
     start = time.perf_counter()
     for path in staged:
         open(os.path.join(root, "inbox", os.path.basename(path), "DONE"), "w").close()
-    while len([d for d in set(os.listdir(home)) - before if os.path.exists(os.path.join(home, d, "DONE"))]) < n:
+    while new_done_folders(before) < n:
         if proc.poll() is not None or time.perf_counter() - start > 900:
             sys.exit("daemon died or took over 15 minutes")
         time.sleep(0.05)

@@ -12,7 +12,7 @@ use crate::batch::State;
 use crate::config::{Loaded, PathsConfig, Readiness, WatchConfig};
 use crate::folders::{self, folder_name, parse_claimed};
 use crate::lifecycle::{self, Held, Lifecycle, LifecycleError, Locks, Outcome};
-use crate::store::{Store, StoreError};
+use crate::store::{BatchRecord, Store, StoreError};
 use crate::telemetry::blocking;
 use std::collections::HashMap;
 use std::future::Future;
@@ -174,45 +174,39 @@ impl Daemon {
             if inbox::is_ignored(&name) {
                 continue;
             }
-            let Some((record_id, dir)) = self.identify(&dir, &name).await? else { continue };
-            if self.running.contains_key(&record_id) {
+            if parse_claimed(&name).is_some_and(|(id, _)| self.running.contains_key(&id)) {
                 continue;
             }
-            if let Some(&until) = self.held_back.get(&record_id) {
+            let Some((record, dir)) = self.identify(&dir, &name).await? else { continue };
+            if let Some(&until) = self.held_back.get(&record.id) {
                 if until > now {
                     step.wake_by(until);
                     continue;
                 }
             }
-            if let Some(record) = self.life.store.get(record_id).await? {
-                if record.state == State::RetryWait {
-                    let due = lifecycle::wait_for(&record);
-                    if !due.is_zero() {
-                        step.wake_by(now + due);
-                        continue;
-                    }
+            if record.state == State::RetryWait {
+                let due = lifecycle::wait_for(&record);
+                if !due.is_zero() {
+                    step.wake_by(now + due);
+                    continue;
                 }
             }
-            self.spawn(record_id, dir);
+            self.spawn(record.id, dir);
             resumed += 1;
         }
         Ok(resumed)
     }
 
     /// The record a folder in work/ belongs to: by the id in its name, else adopted.
-    async fn identify(&self, dir: &Path, name: &str) -> Result<Option<(i64, PathBuf)>, DaemonError> {
+    async fn identify(&self, dir: &Path, name: &str) -> Result<Option<(BatchRecord, PathBuf)>, DaemonError> {
         if let Some((id, dropped)) = parse_claimed(name) {
-            if self.running.contains_key(&id) {
-                return Ok(Some((id, dir.to_path_buf())));
-            }
-            if self.life.store.get(id).await?.is_some_and(|r| r.name == dropped) {
-                return Ok(Some((id, dir.to_path_buf())));
+            if let Some(record) = self.life.store.get(id).await?.filter(|r| r.name == dropped) {
+                return Ok(Some((record, dir.to_path_buf())));
             }
         }
         match self.life.adopt(dir, &self.paths.work).await {
-            Ok(found) => Ok(found.map(|(record, to)| {
+            Ok(found) => Ok(found.inspect(|(record, _)| {
                 tracing::info!(batch = %record.name, id = record.id, "a folder in work/ without its record id: adopted");
-                (record.id, to)
             })),
             Err(e) => {
                 tracing::error!(folder = %name, "cannot adopt a folder found in work/: {e}");
