@@ -143,6 +143,9 @@ pub struct SftpConfig {
     pub connections: usize,
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// How long a connection is kept open after a batch for the next one (0: closed at once).
+    #[serde(default = "default_pool_idle_secs")]
+    pub pool_idle_secs: u64,
 }
 
 fn default_port() -> u16 {
@@ -162,6 +165,9 @@ fn default_connections() -> usize {
 }
 fn default_timeout_secs() -> u64 {
     60
+}
+fn default_pool_idle_secs() -> u64 {
+    30
 }
 
 impl SftpConfig {

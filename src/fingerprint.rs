@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 const HASH_BUFFER_BYTES: usize = 1 << 20;
 
@@ -26,18 +27,48 @@ fn sorted(files: &[BatchFile]) -> Vec<&BatchFile> {
     v
 }
 
-/// sha256 of each file, read from the batch folder (never from outside it).
+/// sha256 of each file, read from the batch folder (never from outside it), on as many threads
+/// as there are cores: this pass stands between validation and the upload.
 pub fn hash_files(root: &Path, files: &[BatchFile]) -> std::io::Result<BTreeMap<String, String>> {
-    files.iter().map(|file| Ok((file.path.clone(), hash_file(root, &file.path)?))).collect()
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len()).max(1);
+    let next = AtomicUsize::new(0);
+    let hash_some = || -> std::io::Result<Vec<(String, String)>> {
+        let mut buffer = Vec::new();
+        let mut out = Vec::new();
+        while let Some(file) = files.get(next.fetch_add(1, Ordering::Relaxed)) {
+            out.push((file.path.clone(), hash_with(root, &file.path, &mut buffer)?));
+        }
+        Ok(out)
+    };
+    let parts: Vec<std::io::Result<Vec<(String, String)>>> = std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(hash_some)).collect();
+        let mine = hash_some();
+        std::iter::once(mine).chain(helpers.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))).collect()
+    });
+    let mut hashes = BTreeMap::new();
+    for part in parts {
+        hashes.extend(part?);
+    }
+    Ok(hashes)
 }
 
 /// sha256 of one file of the batch, as hex.
 pub fn hash_file(root: &Path, rel: &str) -> std::io::Result<String> {
+    hash_with(root, rel, &mut Vec::new())
+}
+
+/// Reads through `buffer`, grown to at most 1 MiB as the file needs (a small image does not
+/// cost a megabyte of zeroes).
+fn hash_with(root: &Path, rel: &str, buffer: &mut Vec<u8>) -> std::io::Result<String> {
     let mut local = crate::batchfs::open(root, rel)?;
-    let mut buffer = vec![0u8; HASH_BUFFER_BYTES];
+    let size = local.metadata().map_or(HASH_BUFFER_BYTES as u64, |m| m.len());
+    let want = (size as usize).clamp(4096, HASH_BUFFER_BYTES);
+    if buffer.len() < want {
+        buffer.resize(want, 0);
+    }
     let mut hasher = Sha256::new();
     loop {
-        match local.read(&mut buffer) {
+        match local.read(buffer) {
             Ok(0) => break,
             Ok(n) => hasher.update(&buffer[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

@@ -275,3 +275,20 @@ fn a_replaced_inbox_is_watched_again_and_batches_dropped_there_are_shipped() {
     drops.wait_for("done", 1, WAIT);
     assert!(drops.logs().contains("cannot read the inbox") && drops.logs().contains("inbox is readable again"), "{}", drops.logs());
 }
+
+/// Batches dropped one at a time, as upstream systems do all day, share one SSH login: the
+/// daemon keeps its connection between them.
+#[test]
+fn batches_dropped_one_after_another_go_over_the_connection_kept_from_the_first() {
+    let server = TestServer::start();
+    let drops = Drops::new(&server, MARKER_MODE);
+    let mut daemon = drops.spawn(&[]);
+    for (i, name) in ["one", "two", "three"].into_iter().enumerate() {
+        let batch = valid(&drops, name, 2);
+        drops.drop_in(&batch, true);
+        drops.wait_for("done", i + 1, WAIT);
+    }
+    assert_eq!(server.remote_folders().len(), 3);
+    assert_eq!(server.log().matches("Accepted publickey").count(), 1, "one login for three batches");
+    assert_eq!(daemon.terminate(), Some(0));
+}

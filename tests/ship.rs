@@ -2,7 +2,7 @@
 
 mod support;
 
-use jumio_batchd::ship::{ship, Progress, ShipError};
+use jumio_batchd::ship::{ship, Pool, Progress, ShipError};
 use jumio_batchd::validate::validate;
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
@@ -88,7 +88,7 @@ fn ship_directly(server: &TestServer, batch: &Batch, connections: usize, uuid: &
     let progress = Progress::default();
     let digests = jumio_batchd::fingerprint::hash_files(&batch.dir, &checked.files).unwrap();
     let before = server.log().matches("Accepted publickey").count();
-    let shipment = ship(&cfg, &batch.dir, &checked.files, &digests, uuid, &progress, &AtomicBool::new(false)).unwrap();
+    let shipment = ship(&cfg, &Pool::none(), &batch.dir, &checked.files, &digests, uuid, &progress, &AtomicBool::new(false)).unwrap();
     assert_eq!(shipment.uploaded, checked.files.len());
     assert_eq!(progress.bytes_sent.load(std::sync::atomic::Ordering::SeqCst), checked.report.bytes);
     assert_eq!(tree(&server.home().join(&shipment.remote_dir)), expected_tree(batch));
@@ -268,4 +268,50 @@ fn a_missing_remote_dir_fails_at_once_with_the_fix() {
     let folder = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert!(folder.starts_with("incoming/"), "{folder}");
     assert!(server.home().join(&folder).join("DONE").is_file());
+}
+
+/// Ships `batch` into `uuid` through `pool`; the shipment or the error.
+fn ship_pooled(server: &TestServer, pool: &Pool, batch: &Batch, uuid: &str) -> Result<String, ShipError> {
+    let checked = validate(&batch.dir, Some("DONE")).unwrap();
+    let digests = jumio_batchd::fingerprint::hash_files(&batch.dir, &checked.files).unwrap();
+    let cfg = server.sftp_config();
+    ship(&cfg, pool, &batch.dir, &checked.files, &digests, uuid, &Progress::default(), &AtomicBool::new(false)).map(|s| s.remote_dir)
+}
+
+/// A connection is kept for the next batch only while all goes well: the second batch is
+/// shipped without a new login; a server that dropped the connection meanwhile costs a new one,
+/// not a failed batch; a shipment that failed gives nothing back; one idle past its time is closed.
+#[test]
+fn a_pooled_connection_serves_the_next_batch_until_it_fails_is_dropped_or_idles_out() {
+    let mut server = TestServer::start();
+    let logins = |server: &TestServer| server.log().matches("Accepted publickey").count();
+    let pool = Pool::new(4, std::time::Duration::from_secs(60));
+    let batch = Batch::valid("b", 2);
+    let uuids = ["2f1c9a3e-0000-4000-8000-0000000000a1", "2f1c9a3e-0000-4000-8000-0000000000a2", "2f1c9a3e-0000-4000-8000-0000000000a3"];
+
+    ship_pooled(&server, &pool, &batch, uuids[0]).unwrap();
+    ship_pooled(&server, &pool, &batch, uuids[1]).unwrap();
+    assert_eq!((logins(&server), pool.idle()), (1, 1), "the second batch went over the first one's connection");
+    for uuid in &uuids[..2] {
+        assert_eq!(tree(&server.home().join(uuid)), expected_tree(&batch));
+    }
+
+    // The server goes away and comes back: the idle connection is dead, the batch still ships.
+    server.kill();
+    server.restart();
+    ship_pooled(&server, &pool, &batch, uuids[2]).unwrap();
+    assert_eq!((logins(&server), pool.idle()), (2, 1));
+    assert_eq!(tree(&server.home().join(uuids[2])), expected_tree(&batch));
+
+    // A shipment that fails (its folder's parent is missing) leaves nothing in the pool.
+    let error = ship_pooled(&server, &pool, &batch, "no/such/parent").unwrap_err();
+    assert!(error.to_string().contains("no/such/parent"), "{error}");
+    assert_eq!(pool.idle(), 0, "a connection that saw an error is never reused");
+
+    let short = Pool::new(4, std::time::Duration::from_millis(1));
+    let batch_b = Batch::valid("c", 1);
+    ship_pooled(&server, &short, &batch_b, "2f1c9a3e-0000-4000-8000-0000000000a4").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    short.sweep();
+    assert_eq!(short.idle(), 0, "idled out and closed");
 }

@@ -152,6 +152,8 @@ impl Daemon {
         if self.life.stop.load(Ordering::SeqCst) {
             return Ok(step);
         }
+        let pool = self.life.pool.clone();
+        blocking(move || pool.sweep()).await;
         step.resumed = self.resume_work(&mut step).await?;
         self.claim_ready(&mut step).await;
         Ok(step)

@@ -92,9 +92,9 @@ impl Lifecycle {
         let progress = Arc::new(Progress::default());
         let _reporter = AbortOnDrop(tokio::spawn(report_progress(self.store.clone(), record.id, progress.clone())));
         let (cfg, root, list, stop) = (self.sftp.clone(), claim.dir.clone(), claim.checked.files.clone(), self.stop.clone());
-        let digests = claim.digests.clone();
+        let (digests, pool) = (claim.digests.clone(), self.pool.clone());
         let uuid = record.remote_uuid.clone().expect("an uploading batch has a UUID");
-        blocking(move || ship::ship(&cfg, &root, &list, &digests, &uuid, &progress, &stop)).await
+        blocking(move || ship::ship(&cfg, &pool, &root, &list, &digests, &uuid, &progress, &stop)).await
     }
 
     async fn finish(

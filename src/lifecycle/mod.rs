@@ -18,6 +18,7 @@ use crate::config::{Config, PathsConfig, RetryConfig, SftpConfig};
 use crate::fingerprint;
 use crate::folders::{self, claimed_name, folder_name};
 use crate::receipt::Receipt;
+use crate::ship::Pool;
 use crate::store::{BatchRecord, Change, Contents, Store, StoreError};
 use crate::telemetry::blocking;
 use crate::validate::{self, Report, Validated};
@@ -25,6 +26,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// How working a batch ended (for now: `RetryWait` and `Interrupted` come back later).
 // One value per batch step: its size does not matter, boxing would only add noise.
@@ -93,17 +95,20 @@ pub struct Lifecycle {
     pub locks: Locks,
     /// Set on shutdown: uploads end at the next file boundary, before DONE.
     pub stop: Arc<AtomicBool>,
+    /// SSH connections kept open between batches.
+    pub pool: Arc<Pool>,
 }
 
 impl Lifecycle {
     pub fn new(store: Store, config: &Config, sftp: SftpConfig, stop: Arc<AtomicBool>) -> Lifecycle {
         Lifecycle {
             store,
-            sftp,
             retry: config.retry.clone(),
             marker: config.watch.marker.clone(),
             locks: Locks::beside(&config.state.database),
             stop,
+            pool: Arc::new(Pool::new(sftp.connections * config.watch.max_parallel_batches, Duration::from_secs(sftp.pool_idle_secs))),
+            sftp,
         }
     }
 

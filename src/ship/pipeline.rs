@@ -1,20 +1,22 @@
 //! One session's share of a batch, pipelined across files on its own `sftp` subsystem channel:
 //! the next files are OPENed while earlier ones are written, WRITEs stay in flight up to a
-//! window (bytes and count), CLOSE is sent without waiting, and replies are matched by request
-//! id in whatever order they come. A file counts as shipped only when its CLOSE was acknowledged
-//! OK, after every WRITE was; its sha256 (taken while reading) must equal the check's.
+//! window (bytes and count), then FSTAT and CLOSE are sent without waiting, and replies are
+//! matched by request id in whatever order they come. A file counts as shipped only when every
+//! WRITE and its CLOSE were acknowledged OK and the server's FSTAT gave its full size; its sha256
+//! (taken while reading) must equal the check's. A small file costs two round trips (OPEN, then
+//! the rest), whatever order the server answers in: a reply out of order can only fail a file,
+//! never pass one that is not whole.
 
+use super::channel::{protocol, status_error, Conversation};
 use super::session::Connection;
-use super::wire::{self, Decoder, Reply};
+use super::wire::{self, Reply};
 use super::ShipError;
 use crate::validate::BatchFile;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::unix::io::AsRawFd;
+use std::io::Read;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 /// How much one session keeps in flight. WRITEs of 32 KiB: every SFTP server takes them.
 #[derive(Debug, Clone, Copy)]
@@ -55,12 +57,15 @@ struct Active<'f> {
     writes_out: usize,
     read_all: bool,
     close_sent: bool,
+    size_verified: bool,
+    closed: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
 enum Pending {
     Open(usize),
     Write(usize, usize),
+    Fstat(usize),
     Close(usize),
 }
 
@@ -164,8 +169,11 @@ impl<'f> Flight<'f> {
                 }
             }
             let active = self.slots[slot].as_mut().expect("slot in use");
-            if active.read_all && !active.close_sent && active.writes_out == 0 {
+            if active.read_all && !active.close_sent {
+                // Behind its WRITEs on the same handle: the size the server then holds, and the close.
                 active.close_sent = true;
+                let id = self.id(Pending::Fstat(slot));
+                self.outbox.extend_from_slice(&wire::fstat(id, &handle));
                 let id = self.id(Pending::Close(slot));
                 self.outbox.extend_from_slice(&wire::close(id, &handle));
                 return Ok(true);
@@ -183,8 +191,18 @@ impl<'f> Flight<'f> {
             self.no_more_files = true;
             return Ok(false);
         };
-        let active =
-            Active { file, local: None, hasher: Sha256::new(), handle: None, offset: 0, writes_out: 0, read_all: false, close_sent: false };
+        let active = Active {
+            file,
+            local: None,
+            hasher: Sha256::new(),
+            handle: None,
+            offset: 0,
+            writes_out: 0,
+            read_all: false,
+            close_sent: false,
+            size_verified: false,
+            closed: false,
+        };
         let slot = match self.slots.iter().position(Option::is_none) {
             Some(free) => free,
             None => {
@@ -208,144 +226,82 @@ impl<'f> Flight<'f> {
     /// What a reply means for the request it answers; any status but OK fails the shipment,
     /// naming the file and the step.
     pub fn on_reply(&mut self, reply: Reply, files: &impl Files) -> Result<(), ShipError> {
-        let (id, outcome) = match reply {
-            Reply::Handle { id, handle } => (id, Ok(Some(handle))),
-            Reply::Status { id, code: wire::FX_OK, .. } => (id, Ok(None)),
-            Reply::Status { id, code, message } => (id, Err((code, message))),
-            Reply::Version(_) | Reply::Other { .. } => return Err(protocol("a reply no request asked for")),
-        };
+        let id = reply.id().ok_or_else(|| protocol("a reply no request asked for"))?;
         let pending = self.pending.remove(&id).ok_or_else(|| protocol("a reply to no request"))?;
         let (slot, step) = match pending {
             Pending::Open(slot) => (slot, "creating"),
             Pending::Write(slot, _) => (slot, "writing"),
+            Pending::Fstat(slot) => (slot, "checking the size of"),
             Pending::Close(slot) => (slot, "closing"),
         };
         let active = self.slots[slot].as_mut().ok_or_else(|| protocol("a reply for a finished file"))?;
         let shown = format!("{} in {}", active.file.label, self.folder);
-        let handle = match outcome {
-            Err((code, message)) => return Err(status_error(step, &shown, code, &message)),
-            Ok(handle) => handle,
-        };
-        match pending {
-            Pending::Open(_) => active.handle = Some(handle.ok_or_else(|| protocol("OPEN answered without a handle"))?),
-            Pending::Write(_, len) => {
+        match (pending, reply) {
+            (_, Reply::Status { code, message, .. }) if code != wire::FX_OK => return Err(status_error(step, &shown, code, &message)),
+            (Pending::Open(_), Reply::Handle { handle, .. }) => active.handle = Some(handle),
+            (Pending::Write(_, len), Reply::Status { .. }) => {
                 active.writes_out -= 1;
                 self.bytes_out -= len;
                 files.sent(len as u64);
             }
-            Pending::Close(_) => {
-                let done = self.slots[slot].take().expect("slot in use");
-                files.shipped(done.file, hex::encode(done.hasher.finalize()))?;
-                crate::failpoint::hit_counted("after_file");
+            (Pending::Fstat(_), Reply::Attrs { size, .. }) => {
+                let remote = size.ok_or_else(|| protocol("FSTAT answered without a size"))?;
+                if remote != active.file.size {
+                    return Err(ShipError::SizeMismatch { file: shown, local: active.file.size, remote });
+                }
+                active.size_verified = true;
             }
+            (Pending::Close(_), Reply::Status { .. }) => active.closed = true,
+            _ => return Err(protocol("a reply of the wrong kind")),
+        }
+        if active.closed && active.size_verified && active.writes_out == 0 {
+            let done = self.slots[slot].take().expect("slot in use");
+            files.shipped(done.file, hex::encode(done.hasher.finalize()))?;
+            crate::failpoint::hit_counted("after_file");
         }
         Ok(())
     }
 }
 
-/// Runs one session's share: opens the SFTP channel, then sends and receives without blocking
-/// until every file it took is closed on the server, or something fails.
+/// Runs one session's share on the connection's SFTP channel: sends and receives without
+/// blocking until every file it took is closed on the server, or something fails.
 pub fn upload(conn: &Connection, root: &Path, folder: &str, files: &impl Files) -> Result<(), ShipError> {
-    let mut channel = open_channel(conn)?;
-    conn.session.set_blocking(false);
-    let result = pump(conn, &mut channel, Flight::new(root, folder, WINDOW), files);
-    conn.session.set_blocking(true);
-    if result.is_err() {
-        conn.failed();
+    let mut upload = Upload { flight: Flight::new(root, folder, WINDOW), files, buffer: Vec::new() };
+    conn.talk(|channel| channel.drive(conn, &mut upload))
+}
+
+/// A `Flight` with the files it takes from: the conversation a channel drives.
+struct Upload<'f, F> {
+    flight: Flight<'f>,
+    files: &'f F,
+    buffer: Vec<u8>,
+}
+
+impl<'f, F: Files> Conversation for Upload<'f, F> {
+    fn fill(&mut self) -> Result<(), ShipError> {
+        self.flight.fill(self.files, &mut self.buffer)
     }
-    result
-}
-
-fn pump<'f>(conn: &Connection, channel: &mut ssh2::Channel, mut flight: Flight<'f>, files: &'f impl Files) -> Result<(), ShipError> {
-    let timeout = Duration::from_secs(conn.timeout_secs);
-    let (mut buffer, mut incoming, mut decoder) = (Vec::new(), vec![0u8; 64 * 1024], Decoder::default());
-    let mut last_progress = Instant::now();
-    loop {
-        if files.abandoned() {
-            return Ok(());
-        }
-        flight.fill(files, &mut buffer)?;
-        if flight.is_done() {
-            return Ok(());
-        }
-        let mut progressed = false;
-        while !flight.unsent().is_empty() {
-            match channel.write(flight.unsent()) {
-                Ok(0) => break,
-                Ok(n) => {
-                    flight.mark_sent(n);
-                    progressed = true;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(lost(conn, folder_of(&flight), e)),
-            }
-        }
-        loop {
-            match channel.read(&mut incoming) {
-                Ok(0) if channel.eof() => return Err(lost(conn, folder_of(&flight), std::io::ErrorKind::UnexpectedEof.into())),
-                Ok(0) => break,
-                Ok(n) => {
-                    decoder.feed(&incoming[..n]);
-                    progressed = true;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(lost(conn, folder_of(&flight), e)),
-            }
-        }
-        while let Some(reply) = decoder.next_reply().map_err(|e| protocol(e.0))? {
-            flight.on_reply(reply, files)?;
-        }
-        if progressed {
-            last_progress = Instant::now();
-            continue;
-        }
-        let waited = last_progress.elapsed();
-        if waited >= timeout {
-            return Err(ShipError::Timeout {
-                what: format!("uploading into {}", folder_of(&flight)),
-                addr: conn.addr.clone(),
-                secs: conn.timeout_secs,
-            });
-        }
-        wait_for_socket(conn, !flight.unsent().is_empty(), timeout - waited);
+    fn unsent(&self) -> &[u8] {
+        self.flight.unsent()
     }
-}
-
-fn folder_of(flight: &Flight) -> String {
-    flight.folder.clone()
-}
-
-/// Opens the `sftp` subsystem on a channel of its own and says hello (blocking, with the
-/// session's timeout).
-fn open_channel(conn: &Connection) -> Result<ssh2::Channel, ShipError> {
-    let mut channel = conn.session.channel_session().map_err(|e| conn.error(e, "opening an SFTP channel", ""))?;
-    channel.subsystem("sftp").map_err(|e| conn.error(e, "starting the sftp subsystem", ""))?;
-    channel.write_all(&wire::init()).map_err(|e| lost(conn, "the SFTP hello".into(), e))?;
-    let mut decoder = Decoder::default();
-    let mut buf = [0u8; 1024];
-    loop {
-        let n = channel.read(&mut buf).map_err(|e| lost(conn, "the SFTP hello".into(), e))?;
-        if n == 0 {
-            return Err(lost(conn, "the SFTP hello".into(), std::io::ErrorKind::UnexpectedEof.into()));
-        }
-        decoder.feed(&buf[..n]);
-        match decoder.next_reply().map_err(|e| protocol(e.0))? {
-            Some(Reply::Version(_)) => return Ok(channel),
-            Some(_) => return Err(protocol("the server did not answer INIT with VERSION")),
-            None => {}
-        }
+    fn mark_sent(&mut self, n: usize) {
+        self.flight.mark_sent(n)
     }
-}
-
-/// Sleeps until the socket can move the way we wait for (replies in; our bytes out while some
-/// are unsent, or when libssh2 says it is stuck sending), or `limit` passes.
-fn wait_for_socket(conn: &Connection, sending: bool, limit: Duration) {
-    let stuck_sending = matches!(conn.session.block_directions(), ssh2::BlockDirections::Outbound | ssh2::BlockDirections::Both);
-    let events = if sending || stuck_sending { libc::POLLIN | libc::POLLOUT } else { libc::POLLIN };
-    let mut fd = libc::pollfd { fd: conn.session.as_raw_fd(), events, revents: 0 };
-    let millis = limit.as_millis().clamp(1, 1000) as libc::c_int;
-    // SAFETY: one valid pollfd on the stack, its count 1; the socket stays open for the call.
-    unsafe { libc::poll(&mut fd, 1, millis) };
+    fn on_reply(&mut self, reply: Reply) -> Result<(), ShipError> {
+        self.flight.on_reply(reply, self.files)
+    }
+    fn is_done(&self) -> bool {
+        self.flight.is_done()
+    }
+    fn outstanding(&self) -> usize {
+        self.flight.pending.len()
+    }
+    fn abandoned(&self) -> bool {
+        self.files.abandoned()
+    }
+    fn what(&self) -> String {
+        format!("uploading into {}", self.flight.folder)
+    }
 }
 
 fn read_some(file: &mut File, buffer: &mut [u8]) -> std::io::Result<usize> {
@@ -367,37 +323,6 @@ fn read_error(file: &BatchFile, source: std::io::Error) -> ShipError {
 
 fn changed(file: &BatchFile, reason: String) -> ShipError {
     ShipError::LocalChanged { file: file.label.clone(), reason }
-}
-
-fn protocol(what: &'static str) -> ShipError {
-    ShipError::Ssh { what: "the SFTP conversation".into(), message: format!("the server broke the protocol: {what}") }
-}
-
-fn lost(conn: &Connection, what: String, e: std::io::Error) -> ShipError {
-    conn.failed();
-    ShipError::Ssh { what, message: format!("the connection failed ({e})") }
-}
-
-/// A non-OK status for `step` on `shown`, classified as `ShipError::from_ssh` does.
-fn status_error(step: &str, shown: &str, code: u32, message: &str) -> ShipError {
-    match code {
-        wire::FX_NO_SUCH_FILE => ShipError::RemoteMissing { path: shown.to_owned() },
-        wire::FX_PERMISSION_DENIED => ShipError::PermissionDenied { path: shown.to_owned() },
-        wire::FX_NO_SPACE_ON_FILESYSTEM | wire::FX_QUOTA_EXCEEDED => ShipError::RemoteFull { path: shown.to_owned() },
-        _ => ShipError::Ssh {
-            what: format!("{step} {shown}"),
-            message: format!("the server answered SFTP status {code} ({}){}", wire::status_name(code), shown_message(message)),
-        },
-    }
-}
-
-fn shown_message(message: &str) -> String {
-    let message = crate::folders::shown(message.trim());
-    if message.is_empty() {
-        String::new()
-    } else {
-        format!(": {message}")
-    }
 }
 
 #[cfg(test)]
@@ -455,8 +380,12 @@ mod tests {
         Reply::Status { id, code: wire::FX_OK, message: String::new() }
     }
 
+    fn attrs(id: u32, size: u64) -> Reply {
+        Reply::Attrs { id, size: Some(size), is_dir: Some(false) }
+    }
+
     #[test]
-    fn files_are_opened_ahead_written_in_a_window_and_closed_once_every_write_is_acknowledged() {
+    fn files_are_opened_ahead_written_in_a_window_then_checked_and_closed_without_waiting() {
         let (dir, list) = two_files();
         let mut flight = Flight::new(dir.path(), "u", WINDOW);
         let mut buffer = Vec::new();
@@ -466,18 +395,22 @@ mod tests {
         flight.on_reply(Reply::Handle { id: 2, handle: b"hb".to_vec() }, &list).unwrap();
         flight.on_reply(Reply::Handle { id: 1, handle: b"ha".to_vec() }, &list).unwrap();
         flight.fill(&list, &mut buffer).unwrap();
-        assert_eq!(requests(&mut flight), [(6, 3), (6, 4), (6, 5), (6, 6)], "all WRITEs in flight at once, no CLOSE yet");
-        for id in [6, 4, 3] {
-            flight.on_reply(ok(id), &list).unwrap();
+        assert_eq!(
+            requests(&mut flight),
+            [(6, 3), (6, 4), (6, 5), (8, 6), (4, 7), (6, 8), (8, 9), (4, 10)],
+            "every WRITE, then FSTAT and CLOSE behind them on the same handle, all in flight at once"
+        );
+        for reply in [ok(8), attrs(9, 10), ok(10)] {
+            flight.on_reply(reply, &list).unwrap();
         }
-        flight.fill(&list, &mut buffer).unwrap();
-        assert_eq!(requests(&mut flight), [(4, 7)], "b is closed; a still has a WRITE out");
-        flight.on_reply(ok(7), &list).unwrap();
+        assert_eq!(list.shipped.borrow().len(), 1, "b is whole: written, its size checked, closed");
+        for reply in [ok(3), ok(4), attrs(6, 70_000), ok(7)] {
+            flight.on_reply(reply, &list).unwrap();
+        }
+        assert_eq!(list.shipped.borrow().len(), 1, "a is closed but one of its WRITEs is not acknowledged yet");
+        assert!(!flight.is_done());
         flight.on_reply(ok(5), &list).unwrap();
         flight.fill(&list, &mut buffer).unwrap();
-        assert_eq!(requests(&mut flight), [(4, 8)]);
-        assert!(!flight.is_done());
-        flight.on_reply(ok(8), &list).unwrap();
         assert!(flight.is_done());
         let shipped = list.shipped.borrow();
         assert_eq!(shipped.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["b.png", "a.png"]);
@@ -485,13 +418,15 @@ mod tests {
     }
 
     #[test]
-    fn an_error_status_for_each_request_fails_naming_the_file_and_the_step() {
+    fn an_error_status_for_each_request_or_a_short_file_fails_naming_the_file_and_the_step() {
         let cases = [
             (0, wire::FX_PERMISSION_DENIED, "permission denied on the server for the image of row 1, frontImage in u"),
             (0, wire::FX_NO_SUCH_FILE, "the image of row 1, frontImage in u has no parent folder"),
             (1, wire::FX_NO_SPACE_ON_FILESYSTEM, "disk or quota is full while writing the image of row 1, frontImage in u"),
             (1, 4, "writing the image of row 1, frontImage in u failed: the server answered SFTP status 4 (failure): nope"),
-            (2, 4, "closing the image of row 2, frontImage in u failed: the server answered SFTP status 4 (failure): nope"),
+            (2, 4, "checking the size of the image of row 2, frontImage in u failed: the server answered SFTP status 4 (failure): nope"),
+            (3, 4, "closing the image of row 2, frontImage in u failed: the server answered SFTP status 4 (failure): nope"),
+            (4, 0, "the image of row 2, frontImage in u"),
         ];
         for (step, code, expected) in cases {
             let (dir, list) = two_files();
@@ -511,16 +446,32 @@ mod tests {
                 _ => {
                     flight.on_reply(Reply::Handle { id: 2, handle: b"hb".to_vec() }, &list).unwrap();
                     flight.fill(&list, &mut buffer).unwrap();
-                    assert_eq!(requests(&mut flight), [(6, 3)]);
+                    assert_eq!(requests(&mut flight), [(6, 3), (8, 4), (4, 5)]);
                     flight.on_reply(ok(3), &list).unwrap();
-                    flight.fill(&list, &mut buffer).unwrap();
-                    assert_eq!(requests(&mut flight), [(4, 4)]);
-                    flight.on_reply(fail(4), &list).unwrap_err()
+                    match step {
+                        2 => flight.on_reply(fail(4), &list).unwrap_err(),
+                        3 => {
+                            flight.on_reply(attrs(4, 10), &list).unwrap();
+                            flight.on_reply(fail(5), &list).unwrap_err()
+                        }
+                        _ => flight.on_reply(attrs(4, 9), &list).unwrap_err(),
+                    }
                 }
             };
             assert!(error.to_string().contains(expected), "{error}");
             assert!(!error.to_string().contains(".png"), "a file name in {error}");
+            assert!(list.shipped.borrow().is_empty());
         }
+    }
+
+    #[test]
+    fn a_reply_of_the_wrong_kind_is_a_protocol_error() {
+        let (dir, list) = two_files();
+        let mut flight = Flight::new(dir.path(), "u", WINDOW);
+        flight.fill(&list, &mut Vec::new()).unwrap();
+        requests(&mut flight);
+        let error = flight.on_reply(attrs(1, 10), &list).unwrap_err();
+        assert!(error.to_string().contains("a reply of the wrong kind"), "{error}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! One authenticated SFTP session: TCP connect with a timeout, the host key checked against
 //! known_hosts before authenticating, key authentication only. Only `ship/` knows ssh2.
 
+use super::channel::SftpChannel;
 use super::{quickack, ShipError};
 use crate::config::SftpConfig;
 use base64::Engine;
@@ -8,7 +9,8 @@ use ssh2::{CheckResult, HashType, HostKeyType, KnownHostFileKind, MethodType, Se
 use std::collections::BTreeMap;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::fs::PermissionsExt;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 /// Host key algorithms in the order tried; one missing from known_hosts makes us try the next
 /// the server offers, as OpenSSH prefers the types it already knows.
@@ -34,10 +36,14 @@ fn key_type_of(algorithm: &str) -> &str {
 }
 
 pub struct Connection {
-    pub sftp: Sftp,
+    /// Our SFTP channel, opened at first use and kept while the connection lives.
+    channel: Mutex<Option<SftpChannel>>,
+    /// libssh2's SFTP, opened only where a listing or a probe needs it.
+    sftp: OnceLock<Sftp>,
     pub session: Session,
     pub addr: String,
     pub timeout_secs: u64,
+    failed: AtomicBool,
 }
 
 impl Connection {
@@ -78,9 +84,41 @@ impl Connection {
         ShipError::from_ssh(e, what, path, &self.addr, self.timeout_secs)
     }
 
-    /// Marks the session failed: its remaining calls wait at most a second.
+    /// Marks the session failed: its remaining calls wait at most a second, and it is never
+    /// used for another batch.
     pub fn failed(&self) {
+        self.failed.store(true, Ordering::SeqCst);
         self.session.set_timeout(DISCONNECT_TIMEOUT_MS);
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    /// Runs a conversation on our SFTP channel (opened at first use), the session non-blocking
+    /// meanwhile. Any error fails the connection.
+    pub fn talk<T>(&self, f: impl FnOnce(&mut SftpChannel) -> Result<T, ShipError>) -> Result<T, ShipError> {
+        let mut slot = self.channel.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(SftpChannel::open(self)?);
+        }
+        let channel = slot.as_mut().expect("opened above");
+        self.session.set_blocking(false);
+        let result = f(channel);
+        self.session.set_blocking(true);
+        if result.is_err() {
+            self.failed();
+        }
+        result
+    }
+
+    /// libssh2's SFTP session (blocking), opened at first use.
+    pub fn sftp(&self) -> Result<&Sftp, ShipError> {
+        if let Some(sftp) = self.sftp.get() {
+            return Ok(sftp);
+        }
+        let sftp = self.session.sftp().map_err(|e| self.error(e, "opening SFTP", ""))?;
+        Ok(self.sftp.get_or_init(|| sftp))
     }
 }
 
@@ -245,7 +283,17 @@ fn authenticate(cfg: &SftpConfig, addr: String, session: Session, acks: quickack
             _ => ShipError::AuthRefused { addr, user: cfg.user.clone(), key: cfg.private_key.clone() },
         });
     }
-    let sftp = session.sftp().map_err(|e| ShipError::from_ssh(e, "opening SFTP", "", &addr, cfg.timeout_secs))?;
-    quickack::remove(&session, acks);
-    Ok(Connection { sftp, session, addr, timeout_secs: cfg.timeout_secs })
+    let conn = Connection {
+        channel: Mutex::new(None),
+        sftp: OnceLock::new(),
+        session,
+        addr,
+        timeout_secs: cfg.timeout_secs,
+        failed: AtomicBool::new(false),
+    };
+    // Our SFTP channel opens while quick ACKs are still on: its three round trips are the last
+    // of the handshake's.
+    conn.talk(|_| Ok(()))?;
+    quickack::remove(&conn.session, acks);
+    Ok(conn)
 }

@@ -1,13 +1,15 @@
 //! Puts a batch's files into its UUID folder over several sessions, largest first, hashing
 //! each file as it is read for the upload; then, and only then, writes DONE.
 
+use super::channel::{status_error, Calls, Request};
 use super::pipeline;
+use super::pool::Pool;
 use super::session::Connection;
+use super::wire::{self, Reply};
 use super::ShipError;
 use crate::config::SftpConfig;
 use crate::failpoint;
 use crate::validate::BatchFile;
-use ssh2::{OpenFlags, OpenType};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -39,9 +41,11 @@ pub struct Shipment {
 /// Ships `files` (paths relative to `root`) into `remote_dir/uuid`, resuming whatever an
 /// earlier attempt left there. `checked` holds the sha256 of each file as it was checked: a file
 /// whose bytes differ now fails the shipment before DONE. `stop` makes it end at the next file
-/// boundary, before DONE.
+/// boundary, before DONE. Sessions come from `pool` and go back to it when all went well.
+#[allow(clippy::too_many_arguments)]
 pub fn ship(
     cfg: &SftpConfig,
+    pool: &Pool,
     root: &Path,
     files: &[BatchFile],
     checked: &BTreeMap<String, String>,
@@ -55,23 +59,27 @@ pub fn ship(
     // only once the folder exists would add to every batch.
     let bytes: u64 = files.iter().map(|f| f.size).sum();
     let helpers = cfg.connections.min(files.len()).min(bytes.div_ceil(BYTES_PER_SESSION) as usize).max(1) - 1;
-    let lead = std::thread::scope(|scope| {
-        let helping: Vec<_> = (0..helpers).map(|_| scope.spawn(|| crew.help(cfg))).collect();
+    let (lead, helpers) = std::thread::scope(|scope| {
+        let helping: Vec<_> = (0..helpers).map(|_| scope.spawn(|| crew.help(cfg, pool))).collect();
         let lead = {
             let _release = Release(&crew);
-            lead(cfg, files, &crew)
+            lead(cfg, pool, files, &crew)
         };
-        let helped: Vec<Result<(), ShipError>> = helping
+        let helped: Vec<Result<Option<Connection>, ShipError>> = helping
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|_| Err(ShipError::Ssh { what: "upload".into(), message: "worker panicked".into() })))
             .collect();
         // The first real error: the lead's, then the helpers'.
         let lead = lead?;
-        helped.into_iter().collect::<Result<(), ShipError>>()?;
-        Ok(lead)
+        let helpers = helped.into_iter().collect::<Result<Vec<_>, ShipError>>()?;
+        Ok((lead, helpers))
     })?;
-    let Lead::Uploaded { main, kept, uploaded } = lead else {
-        return Ok(Shipment { remote_dir: folder, files_sha256: checked.clone(), uploaded: 0, already_submitted: true });
+    let (main, kept, uploaded) = match lead {
+        Lead::Submitted(main) => {
+            give_back(cfg, pool, main, helpers);
+            return Ok(Shipment { remote_dir: folder, files_sha256: checked.clone(), uploaded: 0, already_submitted: true });
+        }
+        Lead::Uploaded { main, kept, uploaded } => (main, kept, uploaded),
     };
     // Stopped: not even the files kept from an earlier attempt are hashed.
     if stop.load(Ordering::SeqCst) {
@@ -86,17 +94,38 @@ pub fn ship(
     if stop.load(Ordering::SeqCst) {
         return Err(ShipError::Interrupted);
     }
-    verify_sizes(&main, &folder, files)?;
+    all_verified(files, &files_sha256, &folder)?;
     failpoint::hit("before_done");
     let wrote = write_done(&main, &folder)?;
     failpoint::hit("after_done");
+    give_back(cfg, pool, main, helpers);
     Ok(Shipment { remote_dir: folder, files_sha256, uploaded, already_submitted: !wrote })
+}
+
+fn give_back(cfg: &SftpConfig, pool: &Pool, main: Connection, helpers: Vec<Option<Connection>>) {
+    pool.give(cfg, main);
+    for conn in helpers.into_iter().flatten() {
+        pool.give(cfg, conn);
+    }
+}
+
+/// Every file of the batch is on the server, whole: kept (listed with its size) or uploaded
+/// (every WRITE and its CLOSE acknowledged, its size checked by FSTAT), and its sha256 is the
+/// check's. Nothing less may be followed by DONE.
+fn all_verified(files: &[BatchFile], hashes: &BTreeMap<String, String>, folder: &str) -> Result<(), ShipError> {
+    match files.iter().find(|f| !hashes.contains_key(&f.path)) {
+        None => Ok(()),
+        Some(missing) => Err(ShipError::Ssh {
+            what: format!("uploading into {folder}"),
+            message: format!("{} was not confirmed by the server; DONE was not written", missing.label),
+        }),
+    }
 }
 
 /// What the lead session found and did before DONE.
 enum Lead<'a> {
     /// DONE was on the server already.
-    Submitted,
+    Submitted(Connection),
     Uploaded {
         main: Connection,
         kept: Vec<&'a BatchFile>,
@@ -106,12 +135,12 @@ enum Lead<'a> {
 
 /// The lead session: creates or lists the folder, hands out the files still missing (largest
 /// first) and uploads its share.
-fn lead<'a>(cfg: &SftpConfig, files: &'a [BatchFile], crew: &Crew<'a>) -> Result<Lead<'a>, ShipError> {
-    let main = Connection::open(cfg)?;
+fn lead<'a>(cfg: &SftpConfig, pool: &Pool, files: &'a [BatchFile], crew: &Crew<'a>) -> Result<Lead<'a>, ShipError> {
+    let main = pool.take(cfg)?;
     failpoint::hit("before_mkdir");
     let present = remote_files(&main, crew.folder)?;
     if present.contains_key(DONE_FILE) {
-        return Ok(Lead::Submitted);
+        return Ok(Lead::Submitted(main));
     }
     make_dirs(&main, crew.folder, files, &present)?;
     let (kept, mut todo): (Vec<&BatchFile>, Vec<&BatchFile>) = files.iter().partition(|f| present.get(&f.path) == Some(&f.size));
@@ -167,13 +196,14 @@ impl<'a> Crew<'a> {
     }
 
     /// A helper session: opens while the lead prepares the folder, then takes files as they come.
-    fn help(&self, cfg: &SftpConfig) -> Result<(), ShipError> {
-        let opened = Connection::open(cfg);
+    fn help(&self, cfg: &SftpConfig, pool: &Pool) -> Result<Option<Connection>, ShipError> {
+        let opened = pool.take(cfg);
         if self.todo.wait().is_empty() {
-            return Ok(());
+            return Ok(opened.ok());
         }
         let conn = opened.inspect_err(|_| self.failed.store(true, Ordering::SeqCst))?;
-        self.work(&conn)
+        self.work(&conn)?;
+        Ok(Some(conn))
     }
 
     /// This session's share: files taken from the common list, pipelined.
@@ -221,21 +251,29 @@ pub fn remote_join(base: &str, rel: &str) -> String {
     }
 }
 
-/// Files already in the batch folder (relative path → size); creates the folder when absent.
+/// Files already in the batch folder (relative path → size); creates the folder when absent,
+/// which for a new batch is all it costs: one round trip.
 fn remote_files(conn: &Connection, folder: &str) -> Result<BTreeMap<String, u64>, ShipError> {
+    let created = one(conn, "creating", folder, Request::Mkdir(folder))?;
     let mut found = BTreeMap::new();
-    match conn.sftp.stat(Path::new(folder)) {
-        Ok(stat) if stat.is_dir() => {}
-        Ok(_) => return Err(ShipError::Ssh { what: format!("creating {folder}"), message: "a file of that name exists".into() }),
-        Err(_) => {
-            conn.sftp.mkdir(Path::new(folder), 0o755).map_err(|e| conn.error(e, "creating folder", folder))?;
-            return Ok(found);
+    match created {
+        Reply::Status { code: wire::FX_OK, .. } => return Ok(found),
+        Reply::Status { code, message, .. } => {
+            let sftp = conn.sftp()?;
+            match sftp.stat(Path::new(folder)) {
+                Ok(stat) if stat.is_dir() => {}
+                Ok(_) => return Err(ShipError::Ssh { what: format!("creating {folder}"), message: "a file of that name exists".into() }),
+                Err(_) => return Err(status_error("creating", folder, code, &message)),
+            }
         }
+        _ => return Err(super::channel::protocol("MKDIR answered with something else than a status")),
     }
+    // The folder was there: an earlier attempt of this batch. What did it leave?
+    let sftp = conn.sftp()?;
     let mut stack = vec![String::new()];
     while let Some(rel) = stack.pop() {
         let dir = if rel.is_empty() { folder.to_owned() } else { format!("{folder}/{rel}") };
-        for (path, stat) in conn.sftp.readdir(Path::new(&dir)).map_err(|e| conn.error(e, "listing", &dir))? {
+        for (path, stat) in sftp.readdir(Path::new(&dir)).map_err(|e| conn.error(e, "listing", &dir))? {
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let child = if rel.is_empty() { name } else { format!("{rel}/{name}") };
             if stat.is_dir() {
@@ -248,71 +286,86 @@ fn remote_files(conn: &Connection, folder: &str) -> Result<BTreeMap<String, u64>
     Ok(found)
 }
 
+/// One request on the connection's SFTP channel, its reply.
+fn one(conn: &Connection, step: &str, path: &str, request: Request) -> Result<Reply, ShipError> {
+    let mut calls = Calls::new(format!("{step} {path}"), &[request]);
+    conn.talk(|channel| channel.drive(conn, &mut calls))?;
+    calls.replies().pop().ok_or_else(|| super::channel::protocol("no reply"))
+}
+
+/// The batch's subfolders, a level at a time (a parent before its children), each level's
+/// MKDIRs sent at once.
 fn make_dirs(conn: &Connection, folder: &str, files: &[BatchFile], present: &BTreeMap<String, u64>) -> Result<(), ShipError> {
-    let mut dirs = BTreeSet::new();
+    let mut levels: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
     for file in files {
         let mut parent = Path::new(&file.path).parent();
-        while let Some(dir) = parent.filter(|d| !d.as_os_str().is_empty()) {
-            dirs.insert(dir.to_string_lossy().into_owned());
-            parent = dir.parent();
+        while let Some(at) = parent.filter(|d| !d.as_os_str().is_empty()) {
+            let dir = at.to_string_lossy().into_owned();
+            let prefix = format!("{dir}/");
+            if !present.keys().any(|p| p.starts_with(&prefix)) {
+                levels.entry(dir.matches('/').count()).or_default().insert(dir);
+            }
+            parent = at.parent();
         }
     }
-    // BTreeSet order puts every parent before its children.
-    for dir in dirs {
-        let remote = format!("{folder}/{dir}");
-        let prefix = format!("{dir}/");
-        if present.keys().any(|p| p.starts_with(&prefix)) {
+    for dirs in levels.values() {
+        let remote: Vec<String> = dirs.iter().map(|dir| format!("{folder}/{dir}")).collect();
+        let replies = calls(conn, "creating folders in", folder, remote.iter().map(|r| Request::Mkdir(r)).collect())?;
+        // A MKDIR refused because the folder is there (an earlier attempt) is fine.
+        let refused: Vec<(&String, Reply)> =
+            remote.iter().zip(replies).filter(|(_, r)| !matches!(r, Reply::Status { code: wire::FX_OK, .. })).collect();
+        if refused.is_empty() {
             continue;
         }
-        if let Err(e) = conn.sftp.mkdir(Path::new(&remote), 0o755) {
-            match conn.sftp.stat(Path::new(&remote)) {
-                Ok(stat) if stat.is_dir() => {}
-                _ => return Err(conn.error(e, "creating folder", &remote)),
+        let stats = calls(conn, "checking folders in", folder, refused.iter().map(|(r, _)| Request::Stat(r)).collect())?;
+        for ((path, refusal), stat) in refused.into_iter().zip(stats) {
+            if !matches!(stat, Reply::Attrs { is_dir: Some(true), .. }) {
+                let (code, message) = match refusal {
+                    Reply::Status { code, message, .. } => (code, message),
+                    _ => (wire::FX_FAILURE, String::new()),
+                };
+                return Err(status_error("creating folder", path, code, &message));
             }
         }
     }
     Ok(())
 }
 
-/// Lists the folder once and checks every file is there with its full size: one listing per
-/// folder instead of a round trip per file.
-fn verify_sizes(conn: &Connection, folder: &str, files: &[BatchFile]) -> Result<(), ShipError> {
-    let present = remote_files(conn, folder)?;
-    for file in files {
-        let remote = present.get(&file.path).copied().unwrap_or(0);
-        if remote != file.size {
-            return Err(ShipError::SizeMismatch { file: format!("{} in {folder}", file.label), local: file.size, remote });
-        }
-    }
-    Ok(())
+fn calls(conn: &Connection, step: &str, folder: &str, requests: Vec<Request>) -> Result<Vec<Reply>, ShipError> {
+    let mut calls = Calls::new(format!("{step} {folder}"), &requests);
+    conn.talk(|channel| channel.drive(conn, &mut calls))?;
+    Ok(calls.replies())
 }
 
-/// The one place DONE is written: after `verify_sizes`. EXCLUSIVE, so a DONE that is somehow
-/// already there is never written twice: then false ("DONE was already there"; the folder is this
-/// batch's alone, so an earlier attempt of ours wrote it).
+/// The one place DONE is written: after every file was confirmed (`all_verified`). EXCLUSIVE,
+/// so a DONE that is somehow already there is never written twice: then false ("DONE was already
+/// there"; the folder is this batch's alone, so an earlier attempt of ours wrote it).
 fn write_done(conn: &Connection, folder: &str) -> Result<bool, ShipError> {
     let path = format!("{folder}/{DONE_FILE}");
-    let flags = OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::EXCLUSIVE;
-    let mut handle = match conn.sftp.open_mode(Path::new(&path), flags, 0o644, OpenType::File) {
-        Ok(handle) => handle,
-        Err(e) => {
-            if conn.sftp.stat(Path::new(&path)).is_ok() {
+    let handle = match one(conn, "writing", &path, Request::CreateNew(&path))? {
+        Reply::Handle { handle, .. } => handle,
+        Reply::Status { code, message, .. } => {
+            if let Reply::Attrs { .. } = one(conn, "checking", &path, Request::Stat(&path))? {
                 tracing::info!(remote_dir = %folder, "DONE was already there (written by an earlier attempt); not written again");
                 return Ok(false);
             }
-            return Err(conn.error(e, "writing", &path));
+            return Err(status_error("writing", &path, code, &message));
         }
+        _ => return Err(super::channel::protocol("OPEN answered with something else than a handle")),
     };
-    handle.close().map_err(|e| conn.error(e, "closing", &path))?;
-    conn.sftp.stat(Path::new(&path)).map_err(|e| conn.error(e, "checking", &path))?;
-    Ok(true)
+    match one(conn, "closing", &path, Request::Close(&handle))? {
+        Reply::Status { code: wire::FX_OK, .. } => Ok(true),
+        Reply::Status { code, message, .. } => Err(status_error("closing", &path, code, &message)),
+        _ => Err(super::channel::protocol("CLOSE answered with something else than a status")),
+    }
 }
 
 /// Creates and removes a probe folder in `remote_dir`: the server accepts us and lets us write.
 pub fn probe(cfg: &SftpConfig) -> Result<String, ShipError> {
     let conn = Connection::open(cfg)?;
     let folder = remote_join(&cfg.remote_dir, &format!(".jumio-batchd-check-{}", uuid::Uuid::new_v4()));
-    conn.sftp.mkdir(Path::new(&folder), 0o755).map_err(|e| conn.error(e, "creating probe folder", &folder))?;
-    conn.sftp.rmdir(Path::new(&folder)).map_err(|e| conn.error(e, "removing probe folder", &folder))?;
+    let sftp = conn.sftp()?;
+    sftp.mkdir(Path::new(&folder), 0o755).map_err(|e| conn.error(e, "creating probe folder", &folder))?;
+    sftp.rmdir(Path::new(&folder)).map_err(|e| conn.error(e, "removing probe folder", &folder))?;
     Ok(folder)
 }

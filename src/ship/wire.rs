@@ -1,5 +1,5 @@
 //! The few SFTP v3 packets a pipelined upload needs (draft-ietf-secsh-filexfer-02): INIT and
-//! VERSION, OPEN / HANDLE, WRITE, CLOSE, STATUS. Pure: requests become bytes, bytes become
+//! VERSION, OPEN / HANDLE, WRITE, FSTAT / ATTRS, CLOSE, MKDIR, STAT, STATUS. Pure: requests become bytes, bytes become
 //! replies, whatever way the bytes were cut into reads. Replies carry the request id, so they
 //! may come in any order.
 
@@ -8,15 +8,27 @@ const FXP_VERSION: u8 = 2;
 const FXP_OPEN: u8 = 3;
 const FXP_CLOSE: u8 = 4;
 const FXP_WRITE: u8 = 6;
+const FXP_FSTAT: u8 = 8;
+const FXP_MKDIR: u8 = 14;
+const FXP_STAT: u8 = 17;
 const FXP_STATUS: u8 = 101;
 const FXP_HANDLE: u8 = 102;
+const FXP_ATTRS: u8 = 105;
 
 pub const FXF_WRITE: u32 = 0x02;
 pub const FXF_CREAT: u32 = 0x08;
 pub const FXF_TRUNC: u32 = 0x10;
+pub const FXF_EXCL: u32 = 0x20;
+const ATTR_SIZE: u32 = 0x01;
+const ATTR_UIDGID: u32 = 0x02;
 const ATTR_PERMISSIONS: u32 = 0x04;
+const ATTR_ACMODTIME: u32 = 0x08;
+const ATTR_EXTENDED: u32 = 0x8000_0000;
+const S_IFMT: u32 = 0o170000;
+const S_IFDIR: u32 = 0o040000;
 
 pub const FX_OK: u32 = 0;
+pub const FX_FAILURE: u32 = 4;
 pub const FX_NO_SUCH_FILE: u32 = 2;
 pub const FX_PERMISSION_DENIED: u32 = 3;
 pub const FX_NO_SPACE_ON_FILESYSTEM: u32 = 14;
@@ -38,10 +50,27 @@ pub enum Reply {
         id: u32,
         handle: Vec<u8>,
     },
+    /// A file's attributes (STAT, FSTAT): its size and whether it is a folder, where the server
+    /// said.
+    Attrs {
+        id: u32,
+        size: Option<u64>,
+        is_dir: Option<bool>,
+    },
     /// A reply of a kind an upload never asks for.
     Other {
         kind: u8,
     },
+}
+
+impl Reply {
+    /// The id of the request it answers (VERSION and unknown kinds answer none).
+    pub fn id(&self) -> Option<u32> {
+        match self {
+            Reply::Status { id, .. } | Reply::Handle { id, .. } | Reply::Attrs { id, .. } => Some(*id),
+            Reply::Version(_) | Reply::Other { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,12 +83,47 @@ pub fn init() -> Vec<u8> {
 
 /// OPEN for writing: created, truncated, mode 0644 (set by the OPEN itself: never a SETSTAT).
 pub fn open(id: u32, path: &str) -> Vec<u8> {
+    open_with(id, path, FXF_WRITE | FXF_CREAT | FXF_TRUNC)
+}
+
+/// OPEN that creates the file or fails: the file must not be there yet (DONE).
+pub fn open_exclusive(id: u32, path: &str) -> Vec<u8> {
+    open_with(id, path, FXF_WRITE | FXF_CREAT | FXF_EXCL)
+}
+
+fn open_with(id: u32, path: &str, flags: u32) -> Vec<u8> {
     packet(FXP_OPEN, |body| {
         put_u32(body, id);
         put_bytes(body, path.as_bytes());
-        put_u32(body, FXF_WRITE | FXF_CREAT | FXF_TRUNC);
+        put_u32(body, flags);
         put_u32(body, ATTR_PERMISSIONS);
         put_u32(body, 0o644);
+    })
+}
+
+/// MKDIR with mode 0755.
+pub fn mkdir(id: u32, path: &str) -> Vec<u8> {
+    packet(FXP_MKDIR, |body| {
+        put_u32(body, id);
+        put_bytes(body, path.as_bytes());
+        put_u32(body, ATTR_PERMISSIONS);
+        put_u32(body, 0o755);
+    })
+}
+
+/// STAT of a path (links followed).
+pub fn stat(id: u32, path: &str) -> Vec<u8> {
+    packet(FXP_STAT, |body| {
+        put_u32(body, id);
+        put_bytes(body, path.as_bytes());
+    })
+}
+
+/// FSTAT of an open handle: the size the server holds for the file being written.
+pub fn fstat(id: u32, handle: &[u8]) -> Vec<u8> {
+    packet(FXP_FSTAT, |body| {
+        put_u32(body, id);
+        put_bytes(body, handle);
     })
 }
 
@@ -141,6 +205,27 @@ fn parse(body: &[u8]) -> Result<Reply, Malformed> {
             Reply::Status { id, code, message }
         }
         FXP_HANDLE => Reply::Handle { id: r.u32()?, handle: r.bytes()?.to_vec() },
+        FXP_ATTRS => {
+            let id = r.u32()?;
+            let flags = r.u32()?;
+            let size = if flags & ATTR_SIZE != 0 { Some(r.u64()?) } else { None };
+            if flags & ATTR_UIDGID != 0 {
+                r.u32()?;
+                r.u32()?;
+            }
+            let is_dir = if flags & ATTR_PERMISSIONS != 0 { Some(r.u32()? & S_IFMT == S_IFDIR) } else { None };
+            if flags & ATTR_ACMODTIME != 0 {
+                r.u32()?;
+                r.u32()?;
+            }
+            if flags & ATTR_EXTENDED != 0 {
+                for _ in 0..r.u32()? {
+                    r.bytes()?;
+                    r.bytes()?;
+                }
+            }
+            Reply::Attrs { id, size, is_dir }
+        }
         kind => Reply::Other { kind },
     })
 }
@@ -152,6 +237,12 @@ impl<'a> Reader<'a> {
         let (head, rest) = self.0.split_first_chunk::<4>().ok_or(Malformed("cut short"))?;
         self.0 = rest;
         Ok(u32::from_be_bytes(*head))
+    }
+
+    fn u64(&mut self) -> Result<u64, Malformed> {
+        let (head, rest) = self.0.split_first_chunk::<8>().ok_or(Malformed("cut short"))?;
+        self.0 = rest;
+        Ok(u64::from_be_bytes(*head))
     }
 
     fn bytes(&mut self) -> Result<&'a [u8], Malformed> {
@@ -169,7 +260,7 @@ pub fn status_name(code: u32) -> &'static str {
         1 => "EOF",
         FX_NO_SUCH_FILE => "no such file",
         FX_PERMISSION_DENIED => "permission denied",
-        4 => "failure",
+        FX_FAILURE => "failure",
         5 => "bad message",
         6 => "no connection",
         7 => "connection lost",
@@ -234,8 +325,39 @@ mod tests {
             put_u32(b, 1);
             put_u32(b, FX_NO_SPACE_ON_FILESYSTEM);
         }));
-        decoder.feed(&packet(105, |b| put_u32(b, 2)));
-        assert_eq!(drain(&mut decoder), [Reply::Status { id: 1, code: 14, message: String::new() }, Reply::Other { kind: 105 }]);
+        decoder.feed(&packet(104, |b| put_u32(b, 2)));
+        assert_eq!(drain(&mut decoder), [Reply::Status { id: 1, code: 14, message: String::new() }, Reply::Other { kind: 104 }]);
+    }
+
+    #[test]
+    fn attributes_give_the_size_and_whether_it_is_a_folder_whatever_else_they_hold() {
+        let mut decoder = Decoder::default();
+        decoder.feed(&packet(FXP_ATTRS, |b| {
+            put_u32(b, 4);
+            put_u32(b, ATTR_SIZE | ATTR_UIDGID | ATTR_PERMISSIONS | ATTR_ACMODTIME | ATTR_EXTENDED);
+            b.extend_from_slice(&70_000u64.to_be_bytes());
+            put_u32(b, 1000);
+            put_u32(b, 1000);
+            put_u32(b, 0o100644);
+            put_u32(b, 1);
+            put_u32(b, 2);
+            put_u32(b, 1);
+            put_bytes(b, b"name@example.com");
+            put_bytes(b, b"value");
+        }));
+        decoder.feed(&packet(FXP_ATTRS, |b| {
+            put_u32(b, 5);
+            put_u32(b, ATTR_PERMISSIONS);
+            put_u32(b, 0o040755);
+        }));
+        decoder.feed(&packet(FXP_ATTRS, |b| {
+            put_u32(b, 6);
+            put_u32(b, ATTR_SIZE);
+            b.extend_from_slice(&[0, 0, 0]);
+        }));
+        assert_eq!(decoder.next_reply(), Ok(Some(Reply::Attrs { id: 4, size: Some(70_000), is_dir: Some(false) })));
+        assert_eq!(decoder.next_reply(), Ok(Some(Reply::Attrs { id: 5, size: None, is_dir: Some(true) })));
+        assert_eq!(decoder.next_reply(), Err(Malformed("cut short")));
     }
 
     #[test]
@@ -261,5 +383,9 @@ mod tests {
         let header = write_header(6, b"hh", 1 << 32, 3);
         assert_eq!(header, [0, 0, 0, 26, 6, 0, 0, 0, 6, 0, 0, 0, 2, b'h', b'h', 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 3]);
         assert_eq!(close(4, b"h"), [0, 0, 0, 10, 4, 0, 0, 0, 4, 0, 0, 0, 1, b'h']);
+        assert_eq!(fstat(9, b"h"), [0, 0, 0, 10, 8, 0, 0, 0, 9, 0, 0, 0, 1, b'h']);
+        assert_eq!(stat(2, "u"), [0, 0, 0, 10, 17, 0, 0, 0, 2, 0, 0, 0, 1, b'u']);
+        assert_eq!(mkdir(3, "u"), [0, 0, 0, 18, 14, 0, 0, 0, 3, 0, 0, 0, 1, b'u', 0, 0, 0, 4, 0, 0, 1, 0xed]);
+        assert_eq!(&open_exclusive(1, "u/DONE")[19..23], &[0, 0, 0, 0x2a], "WRITE | CREAT | EXCL");
     }
 }

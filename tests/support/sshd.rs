@@ -181,6 +181,7 @@ impl TestServer {
             remote_dir: ".".into(),
             connections: 4,
             timeout_secs: 10,
+            pool_idle_secs: 30,
         }
     }
 
