@@ -23,6 +23,8 @@ pub struct Config {
     pub watch: WatchConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -74,6 +76,14 @@ impl Default for WatchConfig {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// Prometheus metrics, served by `run` only when `listen` is set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address and port for `/metrics`, such as "127.0.0.1:9464".
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

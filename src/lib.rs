@@ -10,6 +10,7 @@ pub mod failpoint;
 pub mod fingerprint;
 pub mod folders;
 pub mod lifecycle;
+pub mod metrics;
 pub mod receipt;
 pub mod ship;
 pub mod store;

@@ -13,6 +13,8 @@ ensure_deps() {
   command -v pkg-config >/dev/null || missing+=(pkg-config)
   pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
   command -v systemd-analyze >/dev/null || missing+=(systemd)
+  command -v script >/dev/null || missing+=(bsdutils)     # a pseudo-terminal for the progress bar test
+  command -v lintian >/dev/null || missing+=(lintian)     # the Debian package test
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}" >&2
     as_root apt-get update -qq
@@ -25,6 +27,8 @@ ensure_deps() {
   fi
   # sshd refuses to start as root without its privilege-separation directory.
   if [ "$(id -u)" = 0 ] && [ ! -d /run/sshd ]; then mkdir -p /run/sshd && chmod 0755 /run/sshd; fi
+  # scripts/package builds the .deb with cargo-deb.
+  command -v cargo-deb >/dev/null || { echo "installing: cargo-deb" >&2; cargo install --locked --quiet cargo-deb; }
   cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
   cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 }

@@ -1,6 +1,7 @@
 //! The command line: clap definitions and one file per subcommand's output.
 
 mod check;
+mod progress;
 mod retry;
 mod run;
 mod send;
@@ -59,6 +60,12 @@ pub enum Command {
         /// Ship even if a batch with the same content was already submitted, this folder included (each submission costs money).
         #[arg(long)]
         allow_duplicate: bool,
+        /// Print only the result (the remote folder, or the JSON): no progress bar, no summary.
+        #[arg(long, short, conflicts_with = "verbose")]
+        quiet: bool,
+        /// Show the log lines (INFO and above) on a terminal too, where only warnings are shown.
+        #[arg(long, short)]
+        verbose: bool,
     },
     /// Run the service: watch the inbox, ship ready batches, file the outcomes. Stops on SIGTERM.
     #[command(
@@ -129,7 +136,10 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check => block_on(check::run(cli.config.as_deref())),
         Command::Retry { batch } => block_on(retry::run(cli.config.as_deref(), &batch)),
         Command::Run { once, new_database } => block_on(run::run(cli.config.as_deref(), once, new_database)),
-        Command::Send { dir, json, allow_duplicate } => block_on(send::run(cli.config.as_deref(), &dir, json, allow_duplicate)),
+        Command::Send { dir, json, allow_duplicate, quiet, verbose } => {
+            let shown = send::Shown { json, quiet, verbose };
+            block_on(send::run(cli.config.as_deref(), &dir, shown, allow_duplicate))
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),

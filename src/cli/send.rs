@@ -2,6 +2,7 @@
 //! batch's UUID folder (resuming a crashed run), retry transient failures, print the receipt.
 //! Run again on a batch already at Jumio, it says so and exits 0 without sending anything.
 
+use super::progress::Bars;
 use super::{EXIT_INVALID, EXIT_OK, EXIT_USAGE};
 use crate::config::Config;
 use crate::lifecycle::{self, Admitted, Lifecycle, Outcome};
@@ -9,17 +10,39 @@ use crate::receipt::Receipt;
 use crate::store::Store;
 use crate::telemetry::{self, Sink};
 use crate::validate;
+use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-pub async fn run(config: Option<&Path>, dir: &Path, json: bool, allow_duplicate: bool) -> anyhow::Result<u8> {
+/// How `send` talks to the person or script running it.
+#[derive(Debug, Clone, Copy)]
+pub struct Shown {
+    pub json: bool,
+    /// Only the result.
+    pub quiet: bool,
+    /// Log lines on a terminal too.
+    pub verbose: bool,
+}
+
+pub async fn run(config: Option<&Path>, dir: &Path, shown: Shown, allow_duplicate: bool) -> anyhow::Result<u8> {
     let loaded = Config::load_or_default(config)?;
-    telemetry::init(Sink::Stderr, false, "info");
+    // On a terminal the bar tells the story; the log lines are for scripts and -v.
+    let terminal = std::io::stderr().is_terminal();
+    let level = if shown.verbose || (!terminal && !shown.quiet) { "info" } else { "warn" };
+    telemetry::init(Sink::Stderr, false, level);
     let sftp = loaded.sftp()?.clone();
     let store = Store::open(&loaded.config.state.database).await?;
     let stop = Arc::new(AtomicBool::new(false));
-    let life = Lifecycle::new(store, &loaded.config, sftp, stop.clone());
+    let mut life = Lifecycle::new(store, &loaded.config, sftp, stop.clone());
+    let bars = Bars::default();
+    if terminal && !shown.quiet {
+        life.watch_upload = Some(bars.watcher());
+    }
+    let report = |outcome: Outcome| {
+        bars.finish();
+        report(outcome, shown)
+    };
     let stopped = Arc::new(tokio::sync::Notify::new());
     let shutdown = super::run::shutdown_signal()?;
     let notify = stopped.clone();
@@ -29,13 +52,14 @@ pub async fn run(config: Option<&Path>, dir: &Path, json: bool, allow_duplicate:
         notify.notify_one();
     });
     let mut claim = match life.admit(dir, allow_duplicate).await? {
-        Admitted::Finished(outcome) => return report(*outcome, json),
+        Admitted::Finished(outcome) => return report(*outcome),
         Admitted::Ready(claim) => claim,
     };
     crate::failpoint::hit("after_admit");
     loop {
         let outcome = life.attempt(&mut claim, allow_duplicate).await?;
-        let Outcome::RetryWait { record: waiting } = outcome else { return report(outcome, json) };
+        let Outcome::RetryWait { record: waiting } = outcome else { return report(outcome) };
+        bars.finish();
         let wait = lifecycle::wait_for(&waiting);
         eprintln!(
             "{}: attempt {} failed: {}; retrying in {:.1} s",
@@ -55,11 +79,12 @@ pub async fn run(config: Option<&Path>, dir: &Path, json: bool, allow_duplicate:
 }
 
 /// What the person (or script) running `send` sees, and the exit status.
-fn report(outcome: Outcome, json: bool) -> anyhow::Result<u8> {
+fn report(outcome: Outcome, shown: Shown) -> anyhow::Result<u8> {
+    let json = shown.json;
     Ok(match outcome {
         Outcome::Submitted { receipt, .. } => {
             print_receipt(&receipt, json)?;
-            if !json {
+            if !json && !shown.quiet {
                 let rate = receipt.bytes as f64 / receipt.seconds.max(1e-9) / 1e6;
                 eprintln!(
                     "{}: shipped {} rows, {} images, {} bytes in {:.2} s ({rate:.1} MB/s) to {}; DONE written",
@@ -70,6 +95,9 @@ fn report(outcome: Outcome, json: bool) -> anyhow::Result<u8> {
         }
         Outcome::AlreadySubmitted { record, receipt } => {
             print_receipt(&receipt, json)?;
+            if shown.quiet {
+                return Ok(EXIT_OK);
+            }
             let at = record.submitted_at.map(|t| t.to_rfc3339()).unwrap_or_default();
             eprintln!("{}: already submitted as {} at {at}; nothing was sent", record.name, receipt.remote_uuid);
             EXIT_OK

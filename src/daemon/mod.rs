@@ -54,6 +54,8 @@ pub enum DaemonError {
     Troubled(usize),
     #[error("the state database {} does not exist, but {} holds earlier batches: starting with an empty database would forget what was already submitted and could ship it again. Restore the database from a backup to that path, or, if it is truly lost, start once with `jumio-batchd run --new-database` (already submitted batches are then not recognised as duplicates)", database.display(), history.display())]
     DatabaseMissing { database: PathBuf, history: PathBuf },
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("the state database {} was deleted or replaced while running; stopped so nothing is shipped without its record. Restore it, then start again", .0.display())]
     DatabaseGone(PathBuf),
 }
@@ -85,6 +87,8 @@ pub struct Daemon {
 pub struct Step {
     pub claimed: usize,
     pub resumed: usize,
+    /// Folders in the inbox ready to be claimed when it was scanned.
+    pub ready: usize,
     pub wake_at: Option<Instant>,
 }
 
@@ -248,6 +252,7 @@ impl Daemon {
         if let Some(next) = next {
             step.wake_by(next);
         }
+        step.ready = ready.len();
         for entry in ready {
             if self.running.len() >= self.watch.max_parallel_batches {
                 break;
@@ -311,6 +316,14 @@ impl Daemon {
                     }
                 }
             }
+        }
+    }
+
+    /// The queue and the batches by state, for `/metrics` (no-op without a listener).
+    pub async fn publish_metrics(&self, step: &Step) {
+        crate::metrics::queue(step.ready.saturating_sub(step.claimed), self.running.len());
+        if let Ok(counts) = self.life.store.counts().await {
+            crate::metrics::states(State::ALL.iter().map(|s| (s.as_str(), counts.get(s.as_str()).copied().unwrap_or(0))));
         }
     }
 
@@ -386,6 +399,10 @@ async fn forget_unclaimed(life: &Lifecycle, work: &Path) -> Result<(), DaemonErr
 /// Runs until `shutdown` resolves (or, with `once`, until every batch ready now is handled).
 pub async fn run(loaded: &Loaded, shutdown: impl Future<Output = ()>, once: bool, new_database: bool) -> Result<(), DaemonError> {
     let mut daemon = Daemon::start(loaded, new_database).await?;
+    if let Some(listen) = &loaded.config.metrics.listen {
+        crate::metrics::serve(listen)?;
+        tracing::info!(listen = %listen, "serving Prometheus metrics at /metrics");
+    }
     let paths = loaded.paths()?;
     let (mut watch, mut events) = watch::InboxWatch::new(&paths.inbox, loaded.config.watch.events);
     let poll = Duration::from_secs(loaded.config.watch.poll_secs);
@@ -410,6 +427,7 @@ pub async fn run(loaded: &Loaded, shutdown: impl Future<Output = ()>, once: bool
             return Err(DaemonError::DatabaseGone(loaded.config.state.database.clone()));
         }
         let step = daemon.step().await?;
+        daemon.publish_metrics(&step).await;
         let line = daemon.status_line().await;
         if line != last_status {
             systemd::status(&line);

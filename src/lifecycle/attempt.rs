@@ -90,6 +90,9 @@ impl Lifecycle {
 
     async fn upload(&self, record: &BatchRecord, claim: &Claim) -> Result<ship::Shipment, ShipError> {
         let progress = Arc::new(Progress::default());
+        if let Some(watch) = &self.watch_upload {
+            watch(&progress);
+        }
         let _reporter = AbortOnDrop(tokio::spawn(report_progress(self.store.clone(), record.id, progress.clone())));
         let (cfg, root, list, stop) = (self.sftp.clone(), claim.dir.clone(), claim.checked.files.clone(), self.stop.clone());
         let (digests, pool) = (claim.digests.clone(), self.pool.clone());
@@ -121,6 +124,7 @@ impl Lifecycle {
         let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
         let change = Change { last_error: Some(error.to_string()), next_attempt_at: Some(next), ..Change::default() };
         let moved = self.store.transition(record.id, State::Uploading, State::RetryWait, change).await?;
+        crate::metrics::retried();
         Ok(Outcome::RetryWait { record: moved.unwrap_or(record) })
     }
 
@@ -139,6 +143,9 @@ impl Lifecycle {
         };
         let moved = self.store.transition(record.id, State::Uploading, State::Submitted, change).await?.unwrap_or(record);
         let receipt = Receipt::of(&moved, shipment.files_sha256, started.elapsed().as_secs_f64(), shipment.already_submitted);
+        if !shipment.already_submitted {
+            crate::metrics::submitted(started.elapsed());
+        }
         Ok(match shipment.already_submitted {
             true => Outcome::AlreadySubmitted { record: moved, receipt },
             false => Outcome::Submitted { record: moved, receipt },

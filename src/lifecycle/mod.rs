@@ -97,7 +97,12 @@ pub struct Lifecycle {
     pub stop: Arc<AtomicBool>,
     /// SSH connections kept open between batches.
     pub pool: Arc<Pool>,
+    /// Called as each upload starts with its live counters (`send`'s progress bar).
+    pub watch_upload: Option<WatchUpload>,
 }
+
+/// Something that follows an upload's counters while it runs.
+pub type WatchUpload = Box<dyn Fn(&Arc<crate::ship::Progress>) + Send + Sync>;
 
 impl Lifecycle {
     pub fn new(store: Store, config: &Config, sftp: SftpConfig, stop: Arc<AtomicBool>) -> Lifecycle {
@@ -109,6 +114,7 @@ impl Lifecycle {
             stop,
             pool: Arc::new(Pool::new(sftp.connections * config.watch.max_parallel_batches, Duration::from_secs(sftp.pool_idle_secs))),
             sftp,
+            watch_upload: None,
         }
     }
 
@@ -259,6 +265,11 @@ impl Lifecycle {
         let (from, target) = (dir.clone(), summary.destination(&drops).to_path_buf());
         let moved = blocking(move || summary.write(&dir, &drops)).await.map_err(|source| moving("file", &from, &target, source))?;
         self.store.set_filed_path(record_id, &moved.display().to_string()).await?;
+        crate::metrics::filed(match outcome {
+            Outcome::Submitted { .. } | Outcome::AlreadySubmitted { .. } => "done",
+            Outcome::Rejected { .. } | Outcome::Duplicate { .. } => "rejected",
+            _ => "failed",
+        });
         Ok(Some(moved))
     }
 

@@ -20,10 +20,14 @@ pub const DONE_FILE: &str = "DONE";
 /// session carries many small files; more sessions only help with the bytes.
 const BYTES_PER_SESSION: u64 = 16 * 1024 * 1024;
 
-/// Live counters a caller may read while a shipment runs.
+/// Live counters a caller may read while a shipment runs (a progress bar, the state database,
+/// metrics). Files and bytes kept from an earlier attempt count as done.
 #[derive(Debug, Default)]
 pub struct Progress {
     pub bytes_sent: AtomicU64,
+    pub files_done: AtomicU64,
+    pub files_total: AtomicU64,
+    pub bytes_total: AtomicU64,
 }
 
 /// What a shipment left on the server.
@@ -54,6 +58,8 @@ pub fn ship(
     stop: &AtomicBool,
 ) -> Result<Shipment, ShipError> {
     let folder = remote_join(&cfg.remote_dir, uuid);
+    progress.files_total.store(files.len() as u64, Ordering::Relaxed);
+    progress.bytes_total.store(files.iter().map(|f| f.size).sum(), Ordering::Relaxed);
     let crew = Crew::new(root, &folder, checked, progress, stop);
     // Every session opens at once: a handshake is several round trips, which helpers opened
     // only once the folder exists would add to every batch.
@@ -146,6 +152,8 @@ fn lead<'a>(cfg: &SftpConfig, pool: &Pool, files: &'a [BatchFile], crew: &Crew<'
     let (kept, mut todo): (Vec<&BatchFile>, Vec<&BatchFile>) = files.iter().partition(|f| present.get(&f.path) == Some(&f.size));
     todo.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
     let uploaded = todo.len();
+    crew.progress.files_done.fetch_add(kept.len() as u64, Ordering::Relaxed);
+    crew.progress.bytes_sent.fetch_add(kept.iter().map(|f| f.size).sum(), Ordering::Relaxed);
     let _ = crew.todo.set(todo);
     crew.work(&main)?;
     Ok(Lead::Uploaded { main, kept, uploaded })
@@ -224,11 +232,14 @@ impl pipeline::Files for Crew<'_> {
     fn shipped(&self, file: &BatchFile, sha256: String) -> Result<(), ShipError> {
         let sha = same_as_checked(file, sha256, self.checked)?;
         self.hashes.lock().unwrap_or_else(|p| p.into_inner()).insert(file.path.clone(), sha);
+        self.progress.files_done.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::shipped_file();
         Ok(())
     }
 
     fn sent(&self, bytes: u64) {
         self.progress.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+        crate::metrics::shipped_bytes(bytes);
     }
 
     fn abandoned(&self) -> bool {
