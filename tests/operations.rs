@@ -19,7 +19,7 @@ fn bin(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
 fn unit_under_test(dir: &std::path::Path) -> std::path::PathBuf {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/jumio-batchd.service")).unwrap();
     let path = dir.join("jumio-batchd.service");
-    std::fs::write(&path, text.replace("/usr/local/bin/jumio-batchd", env!("CARGO_BIN_EXE_jumio-batchd"))).unwrap();
+    std::fs::write(&path, text.replace("/usr/bin/jumio-batchd", env!("CARGO_BIN_EXE_jumio-batchd"))).unwrap();
     path
 }
 

@@ -119,7 +119,9 @@ fn metrics_are_served_in_the_prometheus_text_format_and_move_as_batches_are_file
     let after = loop {
         let samples = scrape(port);
         let settled = samples.iter().any(|s| {
-            s.metric == "jumio_batchd_batches" && s.labels.get("state") == Some("submitted") && value(std::slice::from_ref(s), &s.metric, None) == 1.0
+            s.metric == "jumio_batchd_batches"
+                && s.labels.get("state") == Some("submitted")
+                && value(std::slice::from_ref(s), &s.metric, None) == 1.0
         }) && value(&samples, "jumio_batchd_work_in_flight", None) == 0.0;
         if settled || std::time::Instant::now() > deadline {
             break samples;
