@@ -299,9 +299,7 @@ fn remote_files(conn: &Connection, folder: &str) -> Result<BTreeMap<String, u64>
 
 /// One request on the connection's SFTP channel, its reply.
 fn one(conn: &Connection, step: &str, path: &str, request: Request) -> Result<Reply, ShipError> {
-    let mut calls = Calls::new(format!("{step} {path}"), &[request]);
-    conn.talk(|channel| channel.drive(conn, &mut calls))?;
-    calls.replies().pop().ok_or_else(|| super::channel::protocol("no reply"))
+    calls(conn, step, path, vec![request])?.pop().ok_or_else(|| super::channel::protocol("no reply"))
 }
 
 /// The batch's subfolders, a level at a time (a parent before its children), each level's
@@ -342,8 +340,9 @@ fn make_dirs(conn: &Connection, folder: &str, files: &[BatchFile], present: &BTr
     Ok(())
 }
 
-fn calls(conn: &Connection, step: &str, folder: &str, requests: Vec<Request>) -> Result<Vec<Reply>, ShipError> {
-    let mut calls = Calls::new(format!("{step} {folder}"), &requests);
+/// Requests sent at once on the connection's SFTP channel; their replies in the same order.
+fn calls(conn: &Connection, step: &str, path: &str, requests: Vec<Request>) -> Result<Vec<Reply>, ShipError> {
+    let mut calls = Calls::new(format!("{step} {path}"), &requests);
     conn.talk(|channel| channel.drive(conn, &mut calls))?;
     Ok(calls.replies())
 }

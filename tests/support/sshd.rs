@@ -126,16 +126,8 @@ impl TestServer {
     /// Kills the server and every session process it forked (sessions call setsid, so they are
     /// found by parentage, not by process group).
     pub fn kill(&mut self) {
+        self.signal_all(libc::SIGKILL);
         if let Some(mut child) = self.child.take() {
-            let mut doomed = vec![child.id() as i32];
-            let mut i = 0;
-            while i < doomed.len() {
-                doomed.extend(children_of(doomed[i]));
-                i += 1;
-            }
-            for pid in doomed.into_iter().filter(|&p| p > 1) {
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
             let _ = child.wait();
         }
     }
@@ -150,6 +142,7 @@ impl TestServer {
         self.signal_all(libc::SIGCONT);
     }
 
+    /// Signals sshd and every process below it.
     fn signal_all(&self, signal: i32) {
         let Some(child) = &self.child else { return };
         let mut all = vec![child.id() as i32];
