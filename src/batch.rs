@@ -84,6 +84,17 @@ pub enum RejectReason {
     Duplicate,
 }
 
+/// How a batch was made from another (its `parent_id`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// `resubmit`: the parent's rows from `first_row` down (or a corrected CSV's), a new UUID.
+    Resubmission,
+    /// One part of a batch over Jumio's row limit: rows `first_row..=last_row`, part `part`.
+    Part,
+}
+
 impl std::fmt::Display for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

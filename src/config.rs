@@ -2,6 +2,7 @@
 //! in config.example.toml; an unknown key is an error that names it.
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -25,6 +26,63 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// Named routes, each a tenant with its own inbox and SFTP settings. None: `[sftp]` and
+    /// `[paths] inbox` are the one route.
+    #[serde(default)]
+    pub routes: BTreeMap<String, RouteConfig>,
+}
+
+/// What jumio-batchd does with a batch beyond Jumio's rules.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// A batch of more than 10,000 rows is shipped as parts of at most 10,000 rows (false: rejected).
+    pub split_over_limit: bool,
+}
+
+/// `[routes.NAME]`: one tenant. Its SFTP keys override `[sftp]`'s (which the routes share, with
+/// the connection tuning); `inbox` relative to `[paths] inbox`, or absolute.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub inbox: PathBuf,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    pub private_key: Option<PathBuf>,
+    pub known_hosts: Option<PathBuf>,
+    pub remote_dir: Option<String>,
+}
+
+/// Where a batch goes: a route's name (`None`: the `[sftp]` of a config without routes), the
+/// inbox it comes from, and the server.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: Option<String>,
+    pub inbox: Option<PathBuf>,
+    pub sftp: SftpConfig,
+}
+
+impl Route {
+    /// How logs and `status` name the route.
+    pub fn label(&self) -> &str {
+        self.name.as_deref().unwrap_or(DEFAULT_ROUTE)
+    }
+
+    /// The Jumio account behind the route: the duplicate guard is per tenant.
+    pub fn tenant(&self) -> String {
+        tenant_of(&self.sftp)
+    }
+}
+
+/// The name shown for the route of a config without `[routes]`.
+pub const DEFAULT_ROUTE: &str = "default";
+
+/// `user@host:port`: the duplicate guard's notion of a tenant.
+pub fn tenant_of(sftp: &SftpConfig) -> String {
+    format!("{}@{}:{}", sftp.user, sftp.host.to_ascii_lowercase(), sftp.port)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -198,6 +256,8 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
     #[error("config file {} has no [paths] section; this command needs inbox, work, done, rejected and failed (see config.example.toml)", path.display())]
     NoPaths { path: PathBuf },
+    #[error("config file {} has no route named {name:?}; its routes: {known}", path.display())]
+    NoRoute { path: PathBuf, name: String, known: String },
 }
 
 /// A loaded config and the file it came from (for error messages).
@@ -243,6 +303,22 @@ impl Config {
         if self.watch.poll_secs == 0 || self.watch.max_parallel_batches == 0 {
             return invalid("watch.poll_secs and watch.max_parallel_batches must be at least 1");
         }
+        for (name, route) in &self.routes {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return invalid(&format!("routes.{name}: a route's name may hold only letters, digits, - and _"));
+            }
+            if route.inbox.is_relative() && self.paths.is_none() {
+                return invalid(&format!("routes.{name}.inbox is relative, to [paths] inbox, but there is no [paths] section"));
+            }
+            let sftp = self.route_sftp(route);
+            if sftp.host.trim().is_empty() || sftp.user.trim().is_empty() {
+                return invalid(&format!("routes.{name} needs host and user (its own, or from [sftp])"));
+            }
+        }
+        let inboxes: Vec<PathBuf> = self.routes.values().map(|r| self.route_inbox(r)).collect();
+        if inboxes.iter().enumerate().any(|(i, a)| inboxes[i + 1..].contains(a)) {
+            return invalid("two routes share one inbox; give each route its own inbox folder");
+        }
         if let Some(sftp) = &self.sftp {
             if sftp.connections == 0 || sftp.connections > 64 {
                 return invalid("sftp.connections must be between 1 and 64");
@@ -258,9 +334,73 @@ impl Config {
     }
 }
 
+impl Config {
+    /// A route's SFTP settings: `[sftp]` (or the defaults) with the route's keys on top.
+    fn route_sftp(&self, route: &RouteConfig) -> SftpConfig {
+        let mut sftp = self.sftp.clone().unwrap_or_else(|| SftpConfig {
+            host: String::new(),
+            port: default_port(),
+            user: String::new(),
+            private_key: default_private_key(),
+            known_hosts: default_known_hosts(),
+            remote_dir: default_remote_dir(),
+            connections: default_connections(),
+            timeout_secs: default_timeout_secs(),
+            pool_idle_secs: default_pool_idle_secs(),
+        });
+        let RouteConfig { inbox: _, host, port, user, private_key, known_hosts, remote_dir } = route.clone();
+        sftp.host = host.unwrap_or(sftp.host);
+        sftp.port = port.unwrap_or(sftp.port);
+        sftp.user = user.unwrap_or(sftp.user);
+        sftp.private_key = private_key.unwrap_or(sftp.private_key);
+        sftp.known_hosts = known_hosts.unwrap_or(sftp.known_hosts);
+        sftp.remote_dir = remote_dir.unwrap_or(sftp.remote_dir);
+        sftp
+    }
+
+    fn route_inbox(&self, route: &RouteConfig) -> PathBuf {
+        match &self.paths {
+            Some(paths) if route.inbox.is_relative() => paths.inbox.join(&route.inbox),
+            _ => route.inbox.clone(),
+        }
+    }
+}
+
 impl Loaded {
     pub fn sftp(&self) -> Result<&SftpConfig, ConfigError> {
         self.config.sftp.as_ref().ok_or_else(|| ConfigError::NoSftp { path: self.path.clone() })
+    }
+
+    /// Every route: the named ones, or else the one of `[sftp]` and `[paths] inbox`.
+    pub fn routes(&self) -> Result<Vec<Route>, ConfigError> {
+        let config = &self.config;
+        if config.routes.is_empty() {
+            let inbox = config.paths.as_ref().map(|p| p.inbox.clone());
+            return Ok(vec![Route { name: None, inbox, sftp: self.sftp()?.clone() }]);
+        }
+        Ok(config
+            .routes
+            .iter()
+            .map(|(name, r)| Route { name: Some(name.clone()), inbox: Some(config.route_inbox(r)), sftp: config.route_sftp(r) })
+            .collect())
+    }
+
+    /// The route `send --route NAME` names, or the only one when none is named.
+    pub fn route(&self, name: Option<&str>) -> Result<Route, ConfigError> {
+        let routes = self.routes()?;
+        let known = || routes.iter().map(|r| r.label().to_owned()).collect::<Vec<_>>().join(", ");
+        match name {
+            Some(name) => routes.iter().find(|r| r.label() == name).cloned(),
+            None if routes.len() == 1 => routes.first().cloned(),
+            None => {
+                return Err(ConfigError::NoRoute {
+                    path: self.path.clone(),
+                    name: "(none given: name one with --route)".into(),
+                    known: known(),
+                })
+            }
+        }
+        .ok_or_else(|| ConfigError::NoRoute { path: self.path.clone(), name: name.unwrap_or_default().to_owned(), known: known() })
     }
 
     pub fn paths(&self) -> Result<&PathsConfig, ConfigError> {
@@ -319,5 +459,44 @@ mod tests {
         let config = Config::parse(Path::new("c.toml"), "[sftp]\nhost = \"h\"\nuser = \"u\"\n").unwrap();
         let sftp = config.sftp.unwrap();
         assert_eq!((sftp.port, sftp.remote_dir.as_str(), sftp.timeout_secs), (22, ".", 60));
+    }
+
+    #[test]
+    fn routes_take_their_own_server_and_inbox_and_share_the_rest_of_sftp() {
+        let text = "[sftp]\nhost = \"shared\"\nuser = \"u\"\nport = 2222\nconnections = 8\n\
+                    [paths]\ninbox = \"/in\"\nwork = \"/w\"\ndone = \"/d\"\nrejected = \"/r\"\nfailed = \"/f\"\n\
+                    [routes.emea]\ninbox = \"emea\"\nhost = \"sftp.emea\"\nuser = \"acme-emea\"\n\
+                    [routes.amer]\ninbox = \"/elsewhere/amer\"\n";
+        let loaded = Loaded { path: "c.toml".into(), config: Config::parse(Path::new("c.toml"), text).unwrap() };
+        let routes = loaded.routes().unwrap();
+        let emea = routes.iter().find(|r| r.label() == "emea").unwrap();
+        assert_eq!(
+            (emea.sftp.host.as_str(), emea.sftp.user.as_str(), emea.sftp.port, emea.sftp.connections),
+            ("sftp.emea", "acme-emea", 2222, 8)
+        );
+        assert_eq!(emea.inbox.as_deref(), Some(Path::new("/in/emea")));
+        assert_eq!(emea.tenant(), "acme-emea@sftp.emea:2222");
+        let amer = loaded.route(Some("amer")).unwrap();
+        assert_eq!((amer.sftp.host.as_str(), amer.inbox.as_deref()), ("shared", Some(Path::new("/elsewhere/amer"))));
+        assert!(loaded.route(None).unwrap_err().to_string().contains("--route"), "two routes: send must name one");
+        assert!(loaded.route(Some("apac")).unwrap_err().to_string().contains("amer, emea"));
+
+        let only =
+            Loaded { path: "c.toml".into(), config: Config::parse(Path::new("c.toml"), "[sftp]\nhost = \"h\"\nuser = \"u\"\n").unwrap() };
+        assert_eq!(only.route(None).unwrap().label(), DEFAULT_ROUTE, "a config with only [sftp] is one route");
+
+        for (bad, says) in [
+            ("[routes.x]\ninbox = \"/a\"\nhost = \"h\"\n", "needs host and user"),
+            ("[routes.\"a b\"]\ninbox = \"/a\"\nhost = \"h\"\nuser = \"u\"\n", "letters, digits"),
+            ("[routes.x]\ninbox = \"rel\"\nhost = \"h\"\nuser = \"u\"\n", "no [paths] section"),
+            (
+                "[routes.x]\ninbox = \"/a\"\nhost = \"h\"\nuser = \"u\"\n[routes.y]\ninbox = \"/a\"\nhost = \"h\"\nuser = \"u\"\n",
+                "share one inbox",
+            ),
+            ("[routes.x]\ninbox = \"/a\"\nhost = \"h\"\nuser = \"u\"\nconnections = 3\n", "connections"),
+        ] {
+            let err = Config::parse(Path::new("c.toml"), bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 }

@@ -52,6 +52,11 @@ pub fn hash_files(root: &Path, files: &[BatchFile]) -> std::io::Result<BTreeMap<
     Ok(hashes)
 }
 
+/// sha256 of bytes in memory, as hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// sha256 of one file of the batch, as hex.
 pub fn hash_file(root: &Path, rel: &str) -> std::io::Result<String> {
     hash_with(root, rel, &mut Vec::new())

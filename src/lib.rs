@@ -6,6 +6,7 @@ pub mod batchfs;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod derive;
 pub mod failpoint;
 pub mod fingerprint;
 pub mod folders;

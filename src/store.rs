@@ -3,7 +3,7 @@
 //! checks the move is allowed, applies it only if the batch is still in the expected state,
 //! appends an event and logs one line, all in one transaction.
 
-use crate::batch::{RejectReason, State};
+use crate::batch::{Kind, RejectReason, State};
 use crate::validate::BatchFile;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -58,6 +58,30 @@ pub struct BatchRecord {
     pub reject_reason: Option<RejectReason>,
     /// The batch this one duplicates (`reject_reason = duplicate`).
     pub duplicate_of: Option<i64>,
+    /// The route it goes to (`None`: a config without routes).
+    pub route: Option<String>,
+    /// `user@host:port` of that route: the duplicate guard looks within one tenant.
+    pub tenant: Option<String>,
+    /// The batch this one was made from, and how.
+    pub parent_id: Option<i64>,
+    pub kind: Option<Kind>,
+    /// The parent's data rows this one holds (1-based, inclusive).
+    pub first_row: Option<i64>,
+    pub last_row: Option<i64>,
+    /// A part's number, from 1.
+    pub part: Option<i64>,
+}
+
+/// Where a new batch goes and what it was made from.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub route: Option<String>,
+    pub tenant: Option<String>,
+    pub parent_id: Option<i64>,
+    pub kind: Option<Kind>,
+    pub first_row: Option<i64>,
+    pub last_row: Option<i64>,
+    pub part: Option<i64>,
 }
 
 #[derive(Debug, Clone, FromRow, Serialize)]
@@ -143,9 +167,9 @@ impl Store {
     }
 
     /// A batch seen for the first time by `send`: recorded as discovered with its contents.
-    pub async fn insert(&self, name: &str, source_path: &str, contents: &Contents<'_>) -> Result<BatchRecord, StoreError> {
+    pub async fn insert(&self, name: &str, source_path: &str, origin: &Origin, contents: &Contents<'_>) -> Result<BatchRecord, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let record = insert_discovered(&mut tx, name, source_path).await?;
+        let record = insert_discovered(&mut tx, name, source_path, origin).await?;
         set_contents(&mut tx, record.id, contents).await?;
         tx.commit().await?;
         let record = self.get(record.id).await?.unwrap_or(record);
@@ -155,9 +179,9 @@ impl Store {
 
     /// A batch claimed from the inbox: recorded as discovered before its folder moves, at the
     /// path `folder_for(id)` that carries its id. Its contents are recorded once validated.
-    pub async fn claim(&self, name: &str, folder_for: impl FnOnce(i64) -> String) -> Result<BatchRecord, StoreError> {
+    pub async fn claim(&self, name: &str, origin: &Origin, folder_for: impl FnOnce(i64) -> String) -> Result<BatchRecord, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let record = insert_discovered(&mut tx, name, "").await?;
+        let record = insert_discovered(&mut tx, name, "", origin).await?;
         let record: BatchRecord = sqlx::query_as("UPDATE batches SET source_path = ? WHERE id = ? RETURNING *")
             .bind(folder_for(record.id))
             .bind(record.id)
@@ -207,7 +231,8 @@ impl Store {
                 duplicate_of = COALESCE(?14, duplicate_of)
              WHERE id = ?9 AND state = ?10
                AND (?11 = 0 OR NOT EXISTS (SELECT 1 FROM batches o WHERE o.content_key = batches.content_key
-                                           AND o.id != batches.id AND o.state IN ('uploading', 'retry_wait')))
+                                           AND o.id != batches.id AND o.state IN ('uploading', 'retry_wait')
+                                           AND (o.tenant IS NULL OR batches.tenant IS NULL OR o.tenant = batches.tenant)))
              RETURNING *",
         )
         .bind(to)
@@ -257,25 +282,37 @@ impl Store {
 
     /// An unfinished batch from this folder with this content: a crashed, interrupted or failed
     /// run, which must resume into its own remote folder (a failed one may even hold DONE).
-    pub async fn find_unfinished(&self, source_path: &str, content_key: &str) -> Result<Option<BatchRecord>, StoreError> {
+    pub async fn find_unfinished(
+        &self,
+        source_path: &str,
+        content_key: &str,
+        tenant: Option<&str>,
+    ) -> Result<Option<BatchRecord>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT * FROM batches WHERE source_path = ? AND content_key = ?
+            "SELECT * FROM batches WHERE source_path = ?1 AND content_key = ?2 AND (tenant IS NULL OR tenant = ?3)
                AND state IN ('discovered', 'validated', 'uploading', 'retry_wait', 'failed') ORDER BY id DESC LIMIT 1",
         )
         .bind(source_path)
         .bind(content_key)
+        .bind(tenant)
         .fetch_optional(&self.pool)
         .await?)
     }
 
     /// The newest submitted batch from this folder with this content: `send` run again.
-    pub async fn submitted_from(&self, source_path: &str, content_key: &str) -> Result<Option<BatchRecord>, StoreError> {
+    pub async fn submitted_from(
+        &self,
+        source_path: &str,
+        content_key: &str,
+        tenant: Option<&str>,
+    ) -> Result<Option<BatchRecord>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT * FROM batches WHERE source_path = ?1 AND (content_key = ?2 OR fingerprint = ?2) AND state = 'submitted'
-             ORDER BY id DESC LIMIT 1",
+               AND (tenant IS NULL OR tenant = ?3) ORDER BY id DESC LIMIT 1",
         )
         .bind(source_path)
         .bind(content_key)
+        .bind(tenant)
         .fetch_optional(&self.pool)
         .await?)
     }
@@ -297,17 +334,34 @@ impl Store {
         Ok(())
     }
 
-    /// Other batches with the same content that are submitted or on their way (the fingerprint
-    /// column finds batches recorded before the content key was the full digest).
-    pub async fn same_content(&self, content_key: &str, except_id: i64) -> Result<Vec<BatchRecord>, StoreError> {
+    /// Other batches for the same tenant with the same content that are submitted or on their
+    /// way (the fingerprint column finds batches recorded before the content key was the full
+    /// digest; a batch recorded before tenants were, counts for every tenant).
+    pub async fn same_content(&self, content_key: &str, except_id: i64, tenant: Option<&str>) -> Result<Vec<BatchRecord>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT * FROM batches WHERE (content_key = ?1 OR fingerprint = ?1) AND id != ?2
-               AND state IN ('uploading', 'retry_wait', 'submitted') ORDER BY id",
+               AND state IN ('uploading', 'retry_wait', 'submitted')
+               AND (tenant IS NULL OR ?3 IS NULL OR tenant = ?3) ORDER BY id",
         )
         .bind(content_key)
         .bind(except_id)
+        .bind(tenant)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// The batches made from `parent` (resubmissions and parts), oldest first.
+    pub async fn children(&self, parent: i64) -> Result<Vec<BatchRecord>, StoreError> {
+        Ok(sqlx::query_as("SELECT * FROM batches WHERE parent_id = ? ORDER BY id").bind(parent).fetch_all(&self.pool).await?)
+    }
+
+    /// The newest record of part `part` of `parent`, if one was made.
+    pub async fn part(&self, parent: i64, part: i64) -> Result<Option<BatchRecord>, StoreError> {
+        Ok(sqlx::query_as("SELECT * FROM batches WHERE parent_id = ? AND kind = 'part' AND part = ? ORDER BY id DESC LIMIT 1")
+            .bind(parent)
+            .bind(part)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     /// Batches in `state`, oldest first.
@@ -380,16 +434,29 @@ impl Store {
     }
 }
 
-async fn insert_discovered(tx: &mut sqlx::SqliteConnection, name: &str, source_path: &str) -> Result<BatchRecord, StoreError> {
+async fn insert_discovered(
+    tx: &mut sqlx::SqliteConnection,
+    name: &str,
+    source_path: &str,
+    origin: &Origin,
+) -> Result<BatchRecord, StoreError> {
     let now = Utc::now();
     let record: BatchRecord = sqlx::query_as(
-        "INSERT INTO batches (name, source_path, content_key, state, created_at, updated_at)
-         VALUES (?, ?, '', 'discovered', ?, ?) RETURNING *",
+        "INSERT INTO batches (name, source_path, content_key, state, created_at, updated_at,
+                              route, tenant, parent_id, kind, first_row, last_row, part)
+         VALUES (?, ?, '', 'discovered', ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
     )
     .bind(name)
     .bind(source_path)
     .bind(now)
     .bind(now)
+    .bind(&origin.route)
+    .bind(&origin.tenant)
+    .bind(origin.parent_id)
+    .bind(origin.kind)
+    .bind(origin.first_row)
+    .bind(origin.last_row)
+    .bind(origin.part)
     .fetch_one(&mut *tx)
     .await?;
     sqlx::query("INSERT INTO events (batch_id, at, from_state, to_state, attempt) VALUES (?, ?, NULL, 'discovered', 0)")
@@ -424,6 +491,7 @@ fn log_transition(record: &BatchRecord, from: Option<State>) {
     tracing::info!(
         batch = %record.name,
         id = record.id,
+        route = record.route.as_deref().unwrap_or(crate::config::DEFAULT_ROUTE),
         from = from.map(State::as_str).unwrap_or("-"),
         state = %record.state,
         remote_uuid = record.remote_uuid.as_deref().unwrap_or("-"),

@@ -1,7 +1,7 @@
 //! The state store on a real SQLite file: migrations, transitions, the audit trail, every query.
 
 use jumio_batchd::batch::{RejectReason, State};
-use jumio_batchd::store::{Change, Contents, Store, StoreError};
+use jumio_batchd::store::{Change, Contents, Origin, Store, StoreError};
 use jumio_batchd::validate::BatchFile;
 use std::collections::BTreeMap;
 
@@ -20,9 +20,14 @@ async fn fresh_store() -> (tempfile::TempDir, Store) {
 }
 
 async fn insert(store: &Store, name: &str, key: &str) -> i64 {
+    insert_for(store, name, key, None).await
+}
+
+async fn insert_for(store: &Store, name: &str, key: &str, tenant: Option<&str>) -> i64 {
     let files = files();
     let contents = Contents { content_key: key, rows: 1, files: 1, bytes: 30, file_list: &files };
-    store.insert(name, &format!("/srv/work/{name}"), &contents).await.unwrap().id
+    let origin = Origin { tenant: tenant.map(str::to_owned), ..Origin::default() };
+    store.insert(name, &format!("/srv/work/{name}"), &origin, &contents).await.unwrap().id
 }
 
 #[tokio::test]
@@ -85,8 +90,30 @@ async fn two_batches_with_the_same_content_cannot_both_start_uploading() {
         |uuid: &str| Change { remote_uuid: Some(uuid.into()), count_attempt: true, only_if_content_idle: true, ..Change::default() };
     assert!(store.transition(a, State::Validated, State::Uploading, guarded("ua")).await.unwrap().is_some());
     assert!(store.transition(b, State::Validated, State::Uploading, guarded("ub")).await.unwrap().is_none());
-    let same: Vec<i64> = store.same_content("same", b).await.unwrap().iter().map(|r| r.id).collect();
+    let same: Vec<i64> = store.same_content("same", b, None).await.unwrap().iter().map(|r| r.id).collect();
     assert_eq!(same, [a]);
+}
+
+#[tokio::test]
+async fn the_duplicate_guard_is_per_tenant_and_a_batch_recorded_before_tenants_counts_for_every_one() {
+    let (_dir, store) = fresh_store().await;
+    let amer = insert_for(&store, "a", "same", Some("t@amer:22")).await;
+    let emea = insert_for(&store, "b", "same", Some("t@emea:22")).await;
+    let amer_again = insert_for(&store, "c", "same", Some("t@amer:22")).await;
+    for id in [amer, emea, amer_again] {
+        store.transition(id, State::Discovered, State::Validated, Change::default()).await.unwrap().unwrap();
+    }
+    let guarded =
+        |uuid: &str| Change { remote_uuid: Some(uuid.into()), count_attempt: true, only_if_content_idle: true, ..Change::default() };
+    assert!(store.transition(amer, State::Validated, State::Uploading, guarded("u1")).await.unwrap().is_some());
+    assert!(store.transition(emea, State::Validated, State::Uploading, guarded("u2")).await.unwrap().is_some(), "another tenant");
+    assert!(store.transition(amer_again, State::Validated, State::Uploading, guarded("u3")).await.unwrap().is_none(), "same tenant");
+    let ids = |v: Vec<jumio_batchd::store::BatchRecord>| v.iter().map(|r| r.id).collect::<Vec<i64>>();
+    assert_eq!(ids(store.same_content("same", amer_again, Some("t@amer:22")).await.unwrap()), [amer]);
+    let legacy = insert_for(&store, "old", "legacy", None).await;
+    store.transition(legacy, State::Discovered, State::Validated, Change::default()).await.unwrap().unwrap();
+    store.transition(legacy, State::Validated, State::Uploading, guarded("u4")).await.unwrap().unwrap();
+    assert_eq!(ids(store.same_content("legacy", -1, Some("t@emea:22")).await.unwrap()), [legacy]);
 }
 
 #[tokio::test]
@@ -97,8 +124,8 @@ async fn lookups_progress_and_file_hashes() {
     assert_eq!(store.find("a").await.unwrap().unwrap().id, a);
     assert_eq!(store.find(&b.to_string()).await.unwrap().unwrap().name, "b");
     assert!(store.find("nope").await.unwrap().is_none());
-    assert_eq!(store.find_unfinished("/srv/work/a", "k1").await.unwrap().unwrap().id, a);
-    assert!(store.find_unfinished("/srv/work/a", "k2").await.unwrap().is_none());
+    assert_eq!(store.find_unfinished("/srv/work/a", "k1", None).await.unwrap().unwrap().id, a);
+    assert!(store.find_unfinished("/srv/work/a", "k2", None).await.unwrap().is_none());
     assert_eq!(store.in_state(State::Discovered).await.unwrap().len(), 2);
     assert_eq!(store.counts().await.unwrap(), BTreeMap::from([("discovered".to_owned(), 2)]));
     assert_eq!(store.recent(1).await.unwrap().len(), 1);
@@ -148,10 +175,10 @@ async fn migrations_apply_to_the_previous_schema_keeping_its_rows() {
 #[tokio::test]
 async fn a_claim_is_recorded_under_a_folder_that_carries_its_id_and_can_be_forgotten_until_it_moves_on() {
     let (_dir, store) = fresh_store().await;
-    let claimed = store.claim("daily", |id| format!("/srv/work/{id}.daily")).await.unwrap();
+    let claimed = store.claim("daily", &Origin::default(), |id| format!("/srv/work/{id}.daily")).await.unwrap();
     assert_eq!((claimed.name.as_str(), claimed.state), ("daily", State::Discovered));
     assert_eq!(claimed.source_path, format!("/srv/work/{}.daily", claimed.id));
-    let again = store.claim("daily", |id| format!("/srv/work/{id}.daily")).await.unwrap();
+    let again = store.claim("daily", &Origin::default(), |id| format!("/srv/work/{id}.daily")).await.unwrap();
     assert_ne!(again.id, claimed.id, "the same name claimed again is another batch");
     let files = files();
     store.record_contents(again.id, &Contents { content_key: "k", rows: 1, files: 1, bytes: 30, file_list: &files }).await.unwrap();

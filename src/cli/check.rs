@@ -1,7 +1,7 @@
 //! `jumio-batchd check`: one line per check, OK or the exact fix.
 
 use super::{EXIT_INVALID, EXIT_OK};
-use crate::config::Config;
+use crate::config::{Config, Route};
 use crate::folders::same_filesystem;
 use crate::ship;
 use crate::store::Store;
@@ -62,24 +62,40 @@ pub async fn run(config: Option<&Path>) -> anyhow::Result<u8> {
     let db = &loaded.config.state.database;
     let store = Store::open(db).await.map(|_| db.display().to_string()).map_err(|e| e.to_string());
     checks.report("state database", store);
-    match loaded.sftp() {
-        Ok(sftp) => {
-            checks.report(
-                "private key",
-                ship::check_private_key(sftp).map(|()| sftp.private_key.display().to_string()).map_err(|e| e.to_string()),
-            );
-            checks.report("known_hosts", known_hosts(&sftp.known_hosts, &sftp.host, sftp.port));
-            let cfg = sftp.clone();
-            let probe = tokio::task::spawn_blocking(move || ship::probe(&cfg)).await?;
-            let target = format!("{}@{}:{} {}", sftp.user, sftp.host, sftp.port, sftp.remote_dir);
-            checks.report(
-                "connect, host key, login, write access",
-                probe.map(|folder| format!("{target} (created and removed {folder})")).map_err(|e| e.to_string()),
-            );
+    match loaded.routes() {
+        Ok(routes) => {
+            for route in routes {
+                check_route(&mut checks, &route).await?;
+            }
         }
         Err(e) => checks.report("sftp", Err(e.to_string())),
     }
     Ok(if checks.failed == 0 { EXIT_OK } else { EXIT_INVALID })
+}
+
+/// The key, known_hosts and a real login with a write probe, for one route (and its inbox).
+async fn check_route(checks: &mut Checks, route: &Route) -> anyhow::Result<()> {
+    let sftp = &route.sftp;
+    let prefix = match &route.name {
+        Some(name) => format!("route {name}: "),
+        None => String::new(),
+    };
+    if let (Some(_), Some(inbox)) = (&route.name, &route.inbox) {
+        checks.report(&format!("{prefix}inbox"), writable(inbox));
+    }
+    checks.report(
+        &format!("{prefix}private key"),
+        ship::check_private_key(sftp).map(|()| sftp.private_key.display().to_string()).map_err(|e| e.to_string()),
+    );
+    checks.report(&format!("{prefix}known_hosts"), known_hosts(&sftp.known_hosts, &sftp.host, sftp.port));
+    let cfg = sftp.clone();
+    let probe = tokio::task::spawn_blocking(move || ship::probe(&cfg)).await?;
+    let target = format!("{}@{}:{} {}", sftp.user, sftp.host, sftp.port, sftp.remote_dir);
+    checks.report(
+        &format!("{prefix}connect, host key, login, write access"),
+        probe.map(|folder| format!("{target} (created and removed {folder})")).map_err(|e| e.to_string()),
+    );
+    Ok(())
 }
 
 fn writable(dir: &Path) -> Result<String, String> {

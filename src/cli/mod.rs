@@ -2,6 +2,7 @@
 
 mod check;
 mod progress;
+mod resubmit;
 mod retry;
 mod run;
 mod send;
@@ -66,6 +67,26 @@ pub enum Command {
         /// Show the log lines (INFO and above) on a terminal too, where only warnings are shown.
         #[arg(long, short)]
         verbose: bool,
+        /// The route (tenant) to send to, when the config names routes ([routes.NAME]).
+        #[arg(long, value_name = "NAME")]
+        route: Option<String>,
+    },
+    /// Send again the rows of a shipped batch from row N down (Jumio stopped at row N), as a new batch.
+    #[command(
+        after_help = "Examples:\n  jumio-batchd resubmit batch-2026-11-23 --from-row 118\n  jumio-batchd resubmit 42 --from-row 118 --csv ./fixed-input.csv --json\n\nRow N is the 1-based data row, as `validate` and Jumio's Portal count it (row 1 is the first row\nafter the header). The new batch holds the header and rows N.. of the batch's input.csv (or of the\ncorrected CSV, which must keep the original header), with exactly the images those rows name, taken\nfrom the copy kept in done/ (or failed/). It goes to the same tenant under a new UUID, DONE last,\nand is filed into done/ as NAME.from-row-N. Run again, it resumes or says it was already submitted.\nExit status: 0 shipped (or already submitted), 1 invalid or refused, 2 failure."
+    )]
+    Resubmit {
+        /// The batch, by folder name or id (see `status`).
+        batch: String,
+        /// The first data row to send again (1-based, as `validate` reports rows).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        from_row: u64,
+        /// A corrected copy of the batch's input.csv (same header) to take the rows from.
+        #[arg(long, value_name = "FIXED.csv")]
+        csv: Option<PathBuf>,
+        /// Print the receipt (or the validation report) as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Run the service: watch the inbox, ship ready batches, file the outcomes. Stops on SIGTERM.
     #[command(
@@ -136,9 +157,12 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check => block_on(check::run(cli.config.as_deref())),
         Command::Retry { batch } => block_on(retry::run(cli.config.as_deref(), &batch)),
         Command::Run { once, new_database } => block_on(run::run(cli.config.as_deref(), once, new_database)),
-        Command::Send { dir, json, allow_duplicate, quiet, verbose } => {
+        Command::Send { dir, json, allow_duplicate, quiet, verbose, route } => {
             let shown = send::Shown { json, quiet, verbose };
-            block_on(send::run(cli.config.as_deref(), &dir, shown, allow_duplicate))
+            block_on(send::run(cli.config.as_deref(), &dir, shown, allow_duplicate, route.as_deref()))
+        }
+        Command::Resubmit { batch, from_row, csv, json } => {
+            block_on(resubmit::run(cli.config.as_deref(), &batch, from_row as usize, csv.as_deref(), json))
         }
     };
     match result {

@@ -25,16 +25,16 @@ pub struct Shown {
     pub verbose: bool,
 }
 
-pub async fn run(config: Option<&Path>, dir: &Path, shown: Shown, allow_duplicate: bool) -> anyhow::Result<u8> {
+pub async fn run(config: Option<&Path>, dir: &Path, shown: Shown, allow_duplicate: bool, route: Option<&str>) -> anyhow::Result<u8> {
     let loaded = Config::load_or_default(config)?;
     // On a terminal the bar tells the story; the log lines are for scripts and -v.
     let terminal = std::io::stderr().is_terminal();
     let level = if shown.verbose || (!terminal && !shown.quiet) { "info" } else { "warn" };
     telemetry::init(Sink::Stderr, false, level);
-    let sftp = loaded.sftp()?.clone();
+    let route = loaded.route(route)?;
     let store = Store::open(&loaded.config.state.database).await?;
     let stop = Arc::new(AtomicBool::new(false));
-    let mut life = Lifecycle::new(store, &loaded.config, sftp, stop.clone());
+    let mut life = Lifecycle::new(store, &loaded.config, vec![route], stop.clone());
     let bars = Bars::default();
     if terminal && !shown.quiet {
         life.watch_upload = Some(bars.watcher());
@@ -78,8 +78,8 @@ pub async fn run(config: Option<&Path>, dir: &Path, shown: Shown, allow_duplicat
     }
 }
 
-/// What the person (or script) running `send` sees, and the exit status.
-fn report(outcome: Outcome, shown: Shown) -> anyhow::Result<u8> {
+/// What the person (or script) running `send` (or `resubmit`) sees, and the exit status.
+pub(super) fn report(outcome: Outcome, shown: Shown) -> anyhow::Result<u8> {
     let json = shown.json;
     Ok(match outcome {
         Outcome::Submitted { receipt, .. } => {
@@ -88,7 +88,12 @@ fn report(outcome: Outcome, shown: Shown) -> anyhow::Result<u8> {
                 let rate = receipt.bytes as f64 / receipt.seconds.max(1e-9) / 1e6;
                 eprintln!(
                     "{}: shipped {} rows, {} images, {} bytes in {:.2} s ({rate:.1} MB/s) to {}; DONE written",
-                    receipt.batch, receipt.rows, receipt.files, receipt.bytes, receipt.seconds, receipt.remote_dir
+                    receipt.batch,
+                    receipt.rows,
+                    receipt.files,
+                    receipt.bytes,
+                    receipt.seconds,
+                    receipt.remote_folders().join(", ")
                 );
             }
             EXIT_OK
@@ -99,7 +104,7 @@ fn report(outcome: Outcome, shown: Shown) -> anyhow::Result<u8> {
                 return Ok(EXIT_OK);
             }
             let at = record.submitted_at.map(|t| t.to_rfc3339()).unwrap_or_default();
-            eprintln!("{}: already submitted as {} at {at}; nothing was sent", record.name, receipt.remote_uuid);
+            eprintln!("{}: already submitted as {} at {at}; nothing was sent", record.name, receipt.remote_folders().join(", "));
             EXIT_OK
         }
         Outcome::Rejected { report, .. } => {
@@ -138,7 +143,9 @@ fn print_receipt(receipt: &Receipt, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(receipt)?);
     } else {
-        println!("{}", receipt.remote_dir);
+        for folder in receipt.remote_folders() {
+            println!("{folder}");
+        }
     }
     Ok(())
 }

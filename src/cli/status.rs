@@ -1,7 +1,7 @@
 //! `jumio-batchd status [--json] [NAME|ID]`: what the store says, read-only.
 
 use super::EXIT_OK;
-use crate::batch::{RejectReason, State};
+use crate::batch::{Kind, RejectReason, State};
 use crate::config::Config;
 use crate::store::{BatchRecord, Store};
 use chrono::Utc;
@@ -17,6 +17,16 @@ struct BatchStatus<'a> {
     id: i64,
     name: &'a str,
     state: State,
+    /// The route (tenant) it goes to; absent in a config without routes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    route: Option<&'a str>,
+    /// The batch it was made from: `resubmission` (from `first_row`) or `part` (`part`, rows
+    /// `first_row..=last_row`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    made_from: Option<MadeFrom>,
+    /// The batches made from it: its resubmissions and parts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    made_into: Vec<MadeInto>,
     /// The batch's folder on the server: its name (a UUID), and its path from the tenant home.
     remote_uuid: Option<&'a str>,
     remote_dir: Option<&'a str>,
@@ -32,12 +42,57 @@ struct BatchStatus<'a> {
     updated_at: String,
 }
 
-impl<'a> From<&'a BatchRecord> for BatchStatus<'a> {
-    fn from(r: &'a BatchRecord) -> Self {
+#[derive(Debug, Serialize)]
+struct MadeFrom {
+    id: i64,
+    kind: Kind,
+    first_row: Option<i64>,
+    last_row: Option<i64>,
+    part: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+struct MadeInto {
+    id: i64,
+    name: String,
+    kind: Option<Kind>,
+    state: State,
+    first_row: Option<i64>,
+    last_row: Option<i64>,
+    part: Option<i64>,
+    remote_uuid: Option<String>,
+}
+
+impl MadeInto {
+    fn of(c: &BatchRecord) -> MadeInto {
+        MadeInto {
+            id: c.id,
+            name: c.name.clone(),
+            kind: c.kind,
+            state: c.state,
+            first_row: c.first_row,
+            last_row: c.last_row,
+            part: c.part,
+            remote_uuid: c.remote_uuid.clone(),
+        }
+    }
+}
+
+impl<'a> BatchStatus<'a> {
+    fn of(r: &'a BatchRecord, children: &[BatchRecord]) -> Self {
         BatchStatus {
             id: r.id,
             name: &r.name,
             state: r.state,
+            route: r.route.as_deref(),
+            made_from: r.parent_id.zip(r.kind).map(|(id, kind)| MadeFrom {
+                id,
+                kind,
+                first_row: r.first_row,
+                last_row: r.last_row,
+                part: r.part,
+            }),
+            made_into: children.iter().map(MadeInto::of).collect(),
             remote_uuid: r.remote_uuid.as_deref(),
             remote_dir: r.remote_dir.as_deref(),
             reject_reason: r.reject_reason,
@@ -66,10 +121,18 @@ pub async fn run(config: Option<&Path>, json: bool, key: Option<&str>) -> anyhow
         None => store.recent(JSON_LIMIT).await?,
     };
     if json {
-        let list: Vec<BatchStatus> = records.iter().map(BatchStatus::from).collect();
+        let mut children = Vec::with_capacity(records.len());
+        for r in &records {
+            children.push(store.children(r.id).await?);
+        }
+        let list: Vec<BatchStatus> = records.iter().zip(&children).map(|(r, c)| BatchStatus::of(r, c)).collect();
         println!("{}", serde_json::to_string_pretty(&list)?);
     } else if let Some(record) = records.first().filter(|_| key.is_some()) {
-        print!("{}", one(record));
+        let parent = match record.parent_id {
+            Some(id) => store.get(id).await?,
+            None => None,
+        };
+        print!("{}", one(record, parent.as_ref(), &store.children(record.id).await?));
         for e in store.events(record.id).await? {
             let from = e.from_state.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
             println!(
@@ -86,8 +149,35 @@ pub async fn run(config: Option<&Path>, json: bool, key: Option<&str>) -> anyhow
     Ok(EXIT_OK)
 }
 
-fn one(r: &BatchRecord) -> String {
+fn one(r: &BatchRecord, parent: Option<&BatchRecord>, children: &[BatchRecord]) -> String {
     let mut text = format!("batch {} (id {}): {}\n", r.name, r.id, r.state);
+    if let Some(route) = &r.route {
+        text.push_str(&format!("  route {route} ({})\n", r.tenant.as_deref().unwrap_or("-")));
+    }
+    if let Some(p) = parent {
+        let rows = format!("rows {}-{}", r.first_row.unwrap_or_default(), r.last_row.unwrap_or_default());
+        match r.kind {
+            Some(Kind::Part) => {
+                text.push_str(&format!("  part {} of batch {} (id {}): {rows}\n", r.part.unwrap_or_default(), p.name, p.id))
+            }
+            _ => text.push_str(&format!("  resubmission of batch {} (id {}) from row {}\n", p.name, p.id, r.first_row.unwrap_or_default())),
+        }
+    }
+    for c in children {
+        let how = match c.kind {
+            Some(Kind::Part) => {
+                format!("part {} (rows {}-{})", c.part.unwrap_or_default(), c.first_row.unwrap_or_default(), c.last_row.unwrap_or_default())
+            }
+            _ => format!("resubmitted from row {}", c.first_row.unwrap_or_default()),
+        };
+        text.push_str(&format!(
+            "  {how}: batch {} (id {}) {}{}\n",
+            c.name,
+            c.id,
+            c.state,
+            c.remote_uuid.as_deref().map(|u| format!(" into {u}")).unwrap_or_default()
+        ));
+    }
     text.push_str(&format!("  {} rows, {} images, {} bytes; attempts {}\n", r.rows, r.files, r.bytes, r.attempts));
     if let Some(uuid) = &r.remote_uuid {
         text.push_str(&format!("  remote folder {uuid} ({})\n", r.remote_dir.as_deref().unwrap_or(uuid)));
@@ -121,9 +211,10 @@ fn overview(counts: &std::collections::BTreeMap<String, i64>, records: &[BatchRe
             let secs = r.upload_started_at.map_or(0.0, |t| (Utc::now() - t).num_milliseconds() as f64 / 1000.0);
             let rate = if secs > 0.0 { r.bytes_sent as f64 / secs / 1e6 } else { 0.0 };
             text.push_str(&format!(
-                "  {} (id {}) {} / {} bytes, {rate:.1} MB/s, attempt {}, into {}\n",
+                "  {} (id {}){} {} / {} bytes, {rate:.1} MB/s, attempt {}, into {}\n",
                 r.name,
                 r.id,
+                route_of(r),
                 r.bytes_sent,
                 r.bytes,
                 r.attempts,
@@ -156,8 +247,13 @@ fn overview(counts: &std::collections::BTreeMap<String, i64>, records: &[BatchRe
                 ),
                 _ => r.last_error.clone().unwrap_or_default(),
             };
-            text.push_str(&format!("  {} (id {}) {detail}\n", r.name, r.id));
+            text.push_str(&format!("  {} (id {}){} {detail}\n", r.name, r.id, route_of(r)));
         }
     }
     text
+}
+
+/// ` [route]` for a batch of a named route, nothing otherwise.
+fn route_of(r: &BatchRecord) -> String {
+    r.route.as_deref().map(|route| format!(" [{route}]")).unwrap_or_default()
 }

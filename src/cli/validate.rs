@@ -7,7 +7,8 @@ use std::path::Path;
 
 pub fn run(config: Option<&Path>, dir: &Path, json: bool) -> anyhow::Result<u8> {
     let config = Config::load_or_default(config)?;
-    let checked = validate::validate(dir, config.marker())?;
+    let rules = validate::Rules { marker: config.marker(), split_over_limit: config.config.batch.split_over_limit };
+    let checked = validate::validate_with(dir, rules)?;
     let report = &checked.report;
     if json {
         println!("{}", serde_json::to_string_pretty(report)?);

@@ -9,7 +9,7 @@ mod watch;
 pub use inbox::is_ignored;
 
 use crate::batch::State;
-use crate::config::{Loaded, PathsConfig, Readiness, WatchConfig};
+use crate::config::{Loaded, PathsConfig, Readiness, Route, WatchConfig};
 use crate::folders::{self, folder_name, parse_claimed};
 use crate::lifecycle::{self, Held, Lifecycle, LifecycleError, Locks, Outcome};
 use crate::store::{BatchRecord, Store, StoreError};
@@ -74,8 +74,9 @@ pub struct Daemon {
     held_back: HashMap<i64, Instant>,
     /// Batches this process could not handle (an error or a panic): `run --once` then fails.
     pub troubled: usize,
-    settle: inbox::Settle,
-    inbox_missing: bool,
+    /// Where batches are dropped: one inbox per route (and, with named routes, `[paths] inbox`
+    /// itself, where a batch belongs to no route).
+    inboxes: Vec<Inbox>,
     database: PathBuf,
     /// (device, inode) of the database file at start.
     database_file: Option<(u64, u64)>,
@@ -98,16 +99,42 @@ impl Step {
     }
 }
 
+/// One folder the daemon claims batches from.
+struct Inbox {
+    path: PathBuf,
+    /// The route of its batches (an index into the lifecycle's routes); `None`: the top of a
+    /// config with named routes, where a batch belongs to no route and is filed with a report.
+    route: Option<usize>,
+    /// Names not to take for batches: the route inboxes inside this folder.
+    skip: Vec<String>,
+    settle: inbox::Settle,
+    missing: bool,
+}
+
+fn inboxes(paths: &PathsConfig, routes: &[Route]) -> Vec<Inbox> {
+    let inbox = |path: PathBuf, route, skip| Inbox { path, route, skip, settle: inbox::Settle::default(), missing: false };
+    let mut all: Vec<Inbox> = routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| inbox(r.inbox.clone().unwrap_or_else(|| paths.inbox.clone()), Some(i), Vec::new()))
+        .collect();
+    if routes.iter().any(|r| r.name.is_some()) && !all.iter().any(|i| i.path == paths.inbox) {
+        let skip = all.iter().filter(|i| i.path.parent() == Some(&paths.inbox)).map(|i| folder_name(&i.path)).collect();
+        all.push(inbox(paths.inbox.clone(), None, skip));
+    }
+    all
+}
+
 impl Daemon {
     /// Takes the database's daemon lock, checks the folders and opens the store; refuses to
     /// start with a clear message otherwise.
     pub async fn start(loaded: &Loaded, new_database: bool) -> Result<Daemon, DaemonError> {
         let paths = loaded.paths()?.clone();
-        let sftp = loaded.sftp()?.clone();
+        let routes = loaded.routes()?;
         let database = &loaded.config.state.database;
         let lock =
             Locks::beside(database).daemon()?.map_err(|holder| DaemonError::AlreadyRunning { holder, database: database.clone() })?;
-        prepare_folders(&paths)?;
+        prepare_folders(&paths, &routes)?;
         if !database.exists() && !new_database {
             if let Some(history) = [&paths.work, &paths.done, &paths.failed, &paths.rejected].into_iter().find(|d| holds_anything(d)) {
                 return Err(DaemonError::DatabaseMissing { database: database.clone(), history: history.clone() });
@@ -115,7 +142,8 @@ impl Daemon {
         }
         let store = Store::open(database).await?;
         let database_file = file_identity(database);
-        let life = Lifecycle::new(store, &loaded.config, sftp, Arc::new(AtomicBool::new(false)));
+        let inboxes = inboxes(&paths, &routes);
+        let life = Lifecycle::new(store, &loaded.config, routes, Arc::new(AtomicBool::new(false)));
         forget_unclaimed(&life, &paths.work).await?;
         Ok(Daemon {
             life: Arc::new(life),
@@ -127,8 +155,7 @@ impl Daemon {
             ended: Vec::new(),
             held_back: HashMap::new(),
             troubled: 0,
-            settle: inbox::Settle::default(),
-            inbox_missing: false,
+            inboxes,
             database: database.clone(),
             database_file,
             _lock: lock,
@@ -222,29 +249,39 @@ impl Daemon {
     }
 
     async fn claim_ready(&mut self, step: &mut Step) {
+        for at in 0..self.inboxes.len() {
+            self.claim_from(at, step).await;
+        }
+    }
+
+    /// Claims the ready batches of one inbox while there is capacity.
+    async fn claim_from(&mut self, at: usize, step: &mut Step) {
         let paths = self.paths.clone();
+        let inbox = &mut self.inboxes[at];
         // Scanning (a share, perhaps) and snapshotting folders is blocking work.
-        let (inbox, watch, mut settle) = (paths.inbox.clone(), self.watch.clone(), std::mem::take(&mut self.settle));
+        let (path, watch, mut settle, skip) =
+            (inbox.path.clone(), self.watch.clone(), std::mem::take(&mut inbox.settle), inbox.skip.clone());
         let (settle, scanned) = blocking(move || {
-            let scanned = inbox::scan(&inbox).map(|entries| {
-                settle.ready(&inbox, &entries, watch.ready, &watch.marker, Duration::from_secs(watch.settle_secs), Instant::now())
+            let scanned = inbox::scan(&path).map(|mut entries| {
+                entries.retain(|e| !skip.contains(&e.name));
+                settle.ready(&path, &entries, watch.ready, &watch.marker, Duration::from_secs(watch.settle_secs), Instant::now())
             });
             (settle, scanned)
         })
         .await;
-        self.settle = settle;
+        inbox.settle = settle;
         let (ready, next) = match scanned {
             Ok(found) => {
-                if self.inbox_missing {
-                    tracing::info!(inbox = %paths.inbox.display(), "inbox is readable again");
-                    self.inbox_missing = false;
+                if inbox.missing {
+                    tracing::info!(inbox = %inbox.path.display(), "inbox is readable again");
+                    inbox.missing = false;
                 }
                 found
             }
             Err(e) => {
-                if !self.inbox_missing {
-                    tracing::warn!(inbox = %paths.inbox.display(), "cannot read the inbox ({e}); is the share mounted? will keep trying");
-                    self.inbox_missing = true;
+                if !inbox.missing {
+                    tracing::warn!(inbox = %inbox.path.display(), "cannot read the inbox ({e}); is the share mounted? will keep trying");
+                    inbox.missing = true;
                 }
                 return;
             }
@@ -252,27 +289,25 @@ impl Daemon {
         if let Some(next) = next {
             step.wake_by(next);
         }
-        step.ready = ready.len();
+        step.ready += ready.len();
+        let (path, route) = (inbox.path.clone(), inbox.route);
         for entry in ready {
             if self.running.len() >= self.watch.max_parallel_batches {
                 break;
             }
-            let src = paths.inbox.join(&entry.name);
-            self.settle.forget(&entry.name);
+            let src = path.join(&entry.name);
+            self.inboxes[at].settle.forget(&entry.name);
             let name = folders::shown(&entry.name);
-            if !entry.is_dir {
-                let (file, rejected) = (src.clone(), paths.rejected.clone());
-                match blocking(move || lifecycle::file_loose(&file, &rejected)).await {
-                    Ok(to) => {
-                        tracing::warn!(file = %name, to = %to.display(), "a loose file in the inbox is not a batch; filed with a report")
-                    }
-                    Err(e) => tracing::error!(file = %name, "cannot move a loose file out of the inbox: {e}"),
+            let route = match route {
+                Some(route) if entry.is_dir => self.life.routes[route].clone(),
+                _ => {
+                    self.file_misplaced(&src, &name, entry.is_dir).await;
+                    continue;
                 }
-                continue;
-            }
-            match self.life.claim(&src, &name, &paths.work).await {
+            };
+            match self.life.claim(&src, &name, &paths.work, &route).await {
                 Ok(Some((record, dir))) => {
-                    tracing::info!(batch = %record.name, id = record.id, "claimed from the inbox");
+                    tracing::info!(batch = %record.name, id = record.id, route = route.label(), "claimed from the inbox");
                     step.claimed += 1;
                     self.spawn(record.id, dir);
                 }
@@ -282,6 +317,24 @@ impl Daemon {
                     self.troubled += 1;
                 }
             }
+        }
+    }
+
+    /// A loose file in an inbox, or a folder dropped where no route takes it: filed into
+    /// rejected/ with a report saying where batches go.
+    async fn file_misplaced(&self, src: &Path, name: &str, is_dir: bool) {
+        let (file, rejected) = (src.to_path_buf(), self.paths.rejected.clone());
+        let routes: Vec<String> = self.inboxes.iter().filter(|i| i.route.is_some()).map(|i| i.path.display().to_string()).collect();
+        match blocking(
+            move || if is_dir { lifecycle::file_unrouted(&file, &rejected, &routes) } else { lifecycle::file_loose(&file, &rejected) },
+        )
+        .await
+        {
+            Ok(to) if is_dir => {
+                tracing::warn!(batch = %name, to = %to.display(), "a batch dropped outside every route's inbox; filed with a report")
+            }
+            Ok(to) => tracing::warn!(file = %name, to = %to.display(), "a loose file in the inbox is not a batch; filed with a report"),
+            Err(e) => tracing::error!(file = %name, "cannot move a misplaced entry out of the inbox: {e}"),
         }
     }
 
@@ -467,12 +520,24 @@ pub async fn run(loaded: &Loaded, shutdown: impl Future<Output = ()>, once: bool
     Ok(())
 }
 
-fn prepare_folders(paths: &PathsConfig) -> Result<(), DaemonError> {
+fn prepare_folders(paths: &PathsConfig, routes: &[Route]) -> Result<(), DaemonError> {
     if !paths.inbox.is_dir() {
         return Err(DaemonError::NoInbox(paths.inbox.clone()));
     }
     for dir in [&paths.work, &paths.done, &paths.rejected, &paths.failed] {
         std::fs::create_dir_all(dir).map_err(|source| DaemonError::Folder { what: "create", path: dir.clone(), source })?;
+    }
+    for inbox in routes.iter().filter_map(|r| r.inbox.as_ref()) {
+        // A route's subfolder of the inbox is made for it; an inbox elsewhere must be there.
+        if inbox.starts_with(&paths.inbox) {
+            std::fs::create_dir_all(inbox).map_err(|source| DaemonError::Folder { what: "create", path: inbox.clone(), source })?;
+        }
+        if !inbox.is_dir() {
+            return Err(DaemonError::NoInbox(inbox.clone()));
+        }
+        if !folders::same_filesystem(inbox, &paths.work).unwrap_or(false) {
+            return Err(DaemonError::DifferentFilesystems { inbox: inbox.clone(), work: paths.work.clone() });
+        }
     }
     let same = folders::same_filesystem(&paths.inbox, &paths.work).map_err(|source| DaemonError::Folder {
         what: "inspect",

@@ -3,6 +3,7 @@
 
 use super::{Claim, Lifecycle, LifecycleError, Outcome};
 use crate::batch::{RejectReason, State};
+use crate::config::SftpConfig;
 use crate::fingerprint;
 use crate::receipt::Receipt;
 use crate::ship::{self, Progress, ShipError};
@@ -20,9 +21,12 @@ impl Lifecycle {
     /// the batch's state.
     pub async fn attempt(&self, claim: &mut Claim, allow_duplicate: bool) -> Result<Outcome, LifecycleError> {
         let outcome = match self.start(claim, allow_duplicate).await? {
+            // Each part is an attempt of its own, inside this one.
+            Ok(record) if self.in_parts(claim) => Box::pin(self.ship_parts(record, claim)).await?,
             Ok(record) => {
                 let started = Instant::now();
-                let result = self.upload(&record, claim).await;
+                let sftp = self.route(&record)?.sftp.clone();
+                let result = self.upload(&record, claim, sftp).await;
                 self.finish(record, claim, result, started).await?
             }
             Err(outcome) => outcome,
@@ -45,11 +49,14 @@ impl Lifecycle {
                 return self.refuse_duplicate(claim, of).await.map(Err);
             }
         }
-        // A failed batch sent again keeps its folder (it may even hold DONE).
+        // A failed batch sent again keeps its folder (it may even hold DONE). A batch shipped as
+        // parts has none: each part gets its own.
+        let route = self.route(&record)?;
         let uuid = record.remote_uuid.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let folder = (!self.in_parts(claim)).then(|| (ship::remote_join(&route.sftp.remote_dir, &uuid), uuid));
         let change = Change {
-            remote_dir: Some(ship::remote_join(&self.sftp.remote_dir, &uuid)),
-            remote_uuid: Some(uuid),
+            remote_dir: folder.as_ref().map(|(dir, _)| dir.clone()),
+            remote_uuid: folder.map(|(_, uuid)| uuid),
             count_attempt: true,
             only_if_content_idle: from == State::Validated && !allow_duplicate,
             ..Change::default()
@@ -59,7 +66,7 @@ impl Lifecycle {
             return Ok(Ok(moved));
         }
         // Lost a race: another batch with this content started first, or another actor moved it.
-        let others = self.store.same_content(&record.content_key, record.id).await?;
+        let others = self.store.same_content(&record.content_key, record.id, record.tenant.as_deref()).await?;
         match others.into_iter().find(|o| o.state.is_in_flight()) {
             Some(of) => self.refuse_duplicate(claim, of).await.map(Err),
             None => {
@@ -69,10 +76,13 @@ impl Lifecycle {
         }
     }
 
-    /// A batch submitted or in flight with the same content (the same digest of every file),
-    /// the one in flight first.
+    /// A batch for the same tenant submitted or in flight with the same content (the same
+    /// digest of every file), the one in flight first. A resubmission is not a duplicate of the
+    /// batch it was made from: the operator named that one.
     async fn duplicate_of(&self, claim: &Claim) -> Result<Option<BatchRecord>, LifecycleError> {
-        let others = self.store.same_content(&claim.record.content_key, claim.record.id).await?;
+        let record = &claim.record;
+        let mut others = self.store.same_content(&record.content_key, record.id, record.tenant.as_deref()).await?;
+        others.retain(|o| Some(o.id) != record.parent_id);
         Ok(others.iter().find(|o| o.state.is_in_flight()).or(others.first()).cloned())
     }
 
@@ -88,13 +98,13 @@ impl Lifecycle {
         Ok(Outcome::Duplicate { record: moved, of, report: claim.checked.report.clone() })
     }
 
-    async fn upload(&self, record: &BatchRecord, claim: &Claim) -> Result<ship::Shipment, ShipError> {
+    async fn upload(&self, record: &BatchRecord, claim: &Claim, cfg: SftpConfig) -> Result<ship::Shipment, ShipError> {
         let progress = Arc::new(Progress::default());
         if let Some(watch) = &self.watch_upload {
             watch(&progress);
         }
         let _reporter = AbortOnDrop(tokio::spawn(report_progress(self.store.clone(), record.id, progress.clone())));
-        let (cfg, root, list, stop) = (self.sftp.clone(), claim.dir.clone(), claim.checked.files.clone(), self.stop.clone());
+        let (root, list, stop) = (claim.dir.clone(), claim.checked.files.clone(), self.stop.clone());
         let (digests, pool) = (claim.digests.clone(), self.pool.clone());
         let uuid = record.remote_uuid.clone().expect("an uploading batch has a UUID");
         blocking(move || ship::ship(&cfg, &pool, &root, &list, &digests, &uuid, &progress, &stop)).await
@@ -143,6 +153,7 @@ impl Lifecycle {
         };
         let moved = self.store.transition(record.id, State::Uploading, State::Submitted, change).await?.unwrap_or(record);
         let receipt = Receipt::of(&moved, shipment.files_sha256, started.elapsed().as_secs_f64(), shipment.already_submitted);
+        let receipt = self.linked(&moved, receipt).await?;
         if !shipment.already_submitted {
             crate::metrics::submitted(started.elapsed());
         }

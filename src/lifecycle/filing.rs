@@ -136,8 +136,25 @@ fn written_by_us(name: &str, bytes: &[u8]) -> bool {
             .is_ok_and(|o| required.iter().all(|k| o.contains_key(*k)))
     };
     match name {
-        RECEIPT_FILE => keys(&["id", "remote_uuid", "files_sha256"]),
+        RECEIPT_FILE => keys(&["id", "batch", "files_sha256"]),
         ERRORS_FILE => keys(&["batch", "valid", "errors", "warnings"]),
         _ => bytes.starts_with(b"Batch \""),
     }
+}
+
+/// A batch folder dropped into `[paths] inbox` itself when the config names routes: it belongs
+/// to no tenant, so it is not sent; the report says where to drop it.
+pub fn file_unrouted(dir: &Path, rejected: &Path, route_inboxes: &[String]) -> std::io::Result<PathBuf> {
+    let name = folder_name(dir);
+    let mut text = format!(
+        "Batch \"{}\" was NOT sent to Jumio: it was dropped into the top of the inbox, and this host sends\n\
+         batches to several Jumio tenants, one inbox each. Nothing from it reached Jumio.\n\n\
+         To send it: drop the folder again into the inbox of the tenant it is for:\n",
+        crate::folders::shown(&name)
+    );
+    for inbox in route_inboxes {
+        text.push_str(&format!("  {inbox}\n"));
+    }
+    write(dir, REJECTED_FILE, &text)?;
+    move_unique(dir, rejected, &name)
 }

@@ -8,18 +8,21 @@
 mod attempt;
 mod filing;
 mod lock;
+mod parts;
+mod resubmit;
 
 pub use attempt::{duplicate_message, wait_for};
-pub use filing::{file_loose, ERRORS_FILE, FAILED_FILE, RECEIPT_FILE, REJECTED_FILE};
+pub use filing::{file_loose, file_unrouted, ERRORS_FILE, FAILED_FILE, RECEIPT_FILE, REJECTED_FILE};
 pub use lock::{Held, Holder, LockError, Locks};
+pub use resubmit::{Prepared, ResubmitError};
 
-use crate::batch::{RejectReason, State};
-use crate::config::{Config, PathsConfig, RetryConfig, SftpConfig};
+use crate::batch::{Kind, RejectReason, State};
+use crate::config::{Config, PathsConfig, RetryConfig, Route};
 use crate::fingerprint;
 use crate::folders::{self, claimed_name, folder_name};
-use crate::receipt::Receipt;
+use crate::receipt::{Part, Receipt};
 use crate::ship::Pool;
-use crate::store::{BatchRecord, Change, Contents, Store, StoreError};
+use crate::store::{BatchRecord, Change, Contents, Origin, Store, StoreError};
 use crate::telemetry::blocking;
 use crate::validate::{self, Report, Validated};
 use std::collections::BTreeMap;
@@ -65,6 +68,12 @@ pub enum LifecycleError {
     Move { what: &'static str, from: String, to: String, source: std::io::Error },
     #[error("batch {id} has no record in the state database; was the database replaced?")]
     NoRecord { id: i64 },
+    #[error("batch {name} belongs to route {route:?}, which the config no longer has; add [routes.{route}] back (its batches go only to its own server)")]
+    UnknownRoute { name: String, route: String },
+    #[error("cannot build {what} of batch {name} ({source}); check the free space and permissions of {}", folder.display())]
+    Build { what: String, name: String, folder: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Derive(#[from] crate::derive::DeriveError),
 }
 
 /// A batch this process holds the lock of, with its checked folder.
@@ -88,8 +97,13 @@ pub enum Admitted {
 /// Everything a batch's life needs; shared by the daemon's tasks, `send` and `retry`.
 pub struct Lifecycle {
     pub store: Store,
-    pub sftp: SftpConfig,
+    /// Where batches go: every route of the config (`send`: the one it was given).
+    pub routes: Vec<Route>,
     pub retry: RetryConfig,
+    /// A batch over Jumio's row limit is shipped as parts (else it is rejected).
+    pub split_over_limit: bool,
+    /// Where the folders of parts are built (the daemon: `work/.parts`; `send`: beside the database).
+    pub staging: PathBuf,
     /// The ready-marker file name (never shipped).
     pub marker: String,
     pub locks: Locks,
@@ -105,17 +119,35 @@ pub struct Lifecycle {
 pub type WatchUpload = Box<dyn Fn(&Arc<crate::ship::Progress>) + Send + Sync>;
 
 impl Lifecycle {
-    pub fn new(store: Store, config: &Config, sftp: SftpConfig, stop: Arc<AtomicBool>) -> Lifecycle {
+    pub fn new(store: Store, config: &Config, routes: Vec<Route>, stop: Arc<AtomicBool>) -> Lifecycle {
+        let connections: usize = routes.iter().map(|r| r.sftp.connections).sum();
+        let idle = routes.iter().map(|r| r.sftp.pool_idle_secs).max().unwrap_or_default();
+        let database = &config.state.database;
         Lifecycle {
             store,
             retry: config.retry.clone(),
+            split_over_limit: config.batch.split_over_limit,
+            staging: config.paths.as_ref().map_or_else(|| beside(database, "parts"), |p| p.work.join(PARTS_FOLDER)),
             marker: config.watch.marker.clone(),
-            locks: Locks::beside(&config.state.database),
+            locks: Locks::beside(database),
             stop,
-            pool: Arc::new(Pool::new(sftp.connections * config.watch.max_parallel_batches, Duration::from_secs(sftp.pool_idle_secs))),
-            sftp,
+            pool: Arc::new(Pool::new(connections * config.watch.max_parallel_batches, Duration::from_secs(idle))),
+            routes,
             watch_upload: None,
         }
+    }
+
+    /// The route a batch goes to: the one its record names.
+    pub fn route(&self, record: &BatchRecord) -> Result<&Route, LifecycleError> {
+        let found = self.routes.iter().find(|r| r.name == record.route);
+        // A batch recorded before routes were named goes where the only route goes.
+        let found = found.or_else(|| self.routes.first().filter(|_| record.route.is_none() && self.routes.len() == 1));
+        found.ok_or_else(|| LifecycleError::UnknownRoute { name: record.name.clone(), route: record.route.clone().unwrap_or_default() })
+    }
+
+    /// A new batch's route and tenant: what `send` was given (its only route).
+    fn origin(route: &Route) -> Origin {
+        Origin { route: route.name.clone(), tenant: Some(route.tenant()), ..Origin::default() }
     }
 
     /// `send DIR`: the record of this folder and content (an unfinished one resumes), or the
@@ -127,14 +159,16 @@ impl Lifecycle {
         let name = checked.report.batch.clone();
         let (key, digests) = self.digest(&name, dir, &checked).await?;
         let contents = contents_of(&key, &checked);
+        let origin = Lifecycle::origin(&self.routes[0]);
+        let tenant = origin.tenant.as_deref();
         let locks = self.locks.clone();
         let _admitting = blocking(move || locks.admission()).await?;
         if !checked.report.valid {
-            let record = self.store.insert(&name, &source, &contents).await?;
+            let record = self.store.insert(&name, &source, &origin, &contents).await?;
             let record = self.reject_invalid(record, &checked.report).await?;
             return Ok(Admitted::Finished(Box::new(Outcome::Rejected { record, report: checked.report })));
         }
-        if let Some(found) = self.store.find_unfinished(&source, &key).await? {
+        if let Some(found) = self.store.find_unfinished(&source, &key, tenant).await? {
             let lock = match self.locks.batch(found.id)? {
                 Ok(lock) => lock,
                 Err(holder) => return Ok(Admitted::Finished(Box::new(Outcome::Busy { record: found, holder }))),
@@ -146,11 +180,11 @@ impl Lifecycle {
                 return Ok(Admitted::Ready(Box::new(Claim { record, dir: dir.to_path_buf(), checked, digests, _lock: lock })));
             }
         }
-        if let Some(record) = self.store.submitted_from(&source, &key).await?.filter(|_| !allow_duplicate) {
-            let receipt = Receipt::stored(&record, self.store.shipped_hashes(record.id).await?);
+        if let Some(record) = self.store.submitted_from(&source, &key, tenant).await?.filter(|_| !allow_duplicate) {
+            let receipt = self.stored_receipt(&record).await?;
             return Ok(Admitted::Finished(Box::new(Outcome::AlreadySubmitted { record, receipt })));
         }
-        let record = self.store.insert(&name, &source, &contents).await?;
+        let record = self.store.insert(&name, &source, &origin, &contents).await?;
         let lock = self.locks.batch(record.id)?.unwrap_or_else(|holder| panic!("bug: a new batch is locked by {holder}"));
         let record = self.store.transition(record.id, State::Discovered, State::Validated, Change::default()).await?.unwrap_or(record);
         Ok(Admitted::Ready(Box::new(Claim { record, dir: dir.to_path_buf(), checked, digests, _lock: lock })))
@@ -158,8 +192,15 @@ impl Lifecycle {
 
     /// The daemon claims `src` from the inbox: a record first, then the folder moves to
     /// `work/<id>.<name>`. `None` when the folder was gone before it could move.
-    pub async fn claim(&self, src: &Path, name: &str, work: &Path) -> Result<Option<(BatchRecord, PathBuf)>, LifecycleError> {
-        let record = self.store.claim(name, |id| work.join(claimed_name(id, name)).display().to_string()).await?;
+    pub async fn claim(
+        &self,
+        src: &Path,
+        name: &str,
+        work: &Path,
+        route: &Route,
+    ) -> Result<Option<(BatchRecord, PathBuf)>, LifecycleError> {
+        let origin = Lifecycle::origin(route);
+        let record = self.store.claim(name, &origin, |id| work.join(claimed_name(id, name)).display().to_string()).await?;
         let (from, to) = (src.to_path_buf(), PathBuf::from(&record.source_path));
         let moved = rename(&from, &to).await;
         match moved {
@@ -179,7 +220,14 @@ impl Lifecycle {
     pub async fn adopt(&self, dir: &Path, work: &Path) -> Result<Option<(BatchRecord, PathBuf)>, LifecycleError> {
         let name = folder_name(dir);
         let Some(record) = self.store.unfinished_at(&source_path(dir)).await? else {
-            return self.claim(dir, &name, work).await;
+            // Put there by hand: its tenant is known only when there is one route.
+            return match &self.routes[..] {
+                [only] if only.name.is_none() => self.claim(dir, &name, work, only).await,
+                _ => Err(LifecycleError::UnknownRoute {
+                    name,
+                    route: "(none: it was put into work/ by hand; move it into a route's inbox)".into(),
+                }),
+            };
         };
         let (from, to) = (dir.to_path_buf(), work.join(claimed_name(record.id, &record.name)));
         let moved = rename(&from, &to).await;
@@ -195,6 +243,11 @@ impl Lifecycle {
             Ok(lock) => lock,
             Err(holder) => return Ok(Outcome::Busy { record: self.record(id).await?, holder }),
         };
+        self.work_held(id, dir, drops, lock).await
+    }
+
+    /// `work` with the batch's lock already taken.
+    pub async fn work_held(&self, id: i64, dir: &Path, drops: &PathsConfig, lock: Held) -> Result<Outcome, LifecycleError> {
         let record = self.record(id).await?;
         crate::failpoint::panic_once("batch_task");
         let outcome = match record.state {
@@ -238,7 +291,7 @@ impl Lifecycle {
     async fn recover(&self, record: BatchRecord, dir: &Path) -> Result<Outcome, LifecycleError> {
         Ok(match (record.state, record.reject_reason) {
             (State::Submitted, _) => {
-                let receipt = Receipt::stored(&record, self.store.shipped_hashes(record.id).await?);
+                let receipt = self.stored_receipt(&record).await?;
                 Outcome::AlreadySubmitted { record, receipt }
             }
             (State::Rejected, reason) => {
@@ -338,9 +391,42 @@ impl Lifecycle {
     }
 
     async fn validate(&self, dir: &Path) -> Result<Validated, LifecycleError> {
-        let (path, marker) = (dir.to_path_buf(), self.marker.clone());
-        Ok(blocking(move || validate::validate(&path, Some(&marker))).await?)
+        let (path, marker, split_over_limit) = (dir.to_path_buf(), self.marker.clone(), self.split_over_limit);
+        Ok(blocking(move || validate::validate_with(&path, validate::Rules { marker: Some(&marker), split_over_limit })).await?)
     }
+
+    /// The receipt of a submitted batch as stored: with the batch it was made from, or its parts.
+    pub async fn stored_receipt(&self, record: &BatchRecord) -> Result<Receipt, LifecycleError> {
+        let receipt = Receipt::stored(record, self.store.shipped_hashes(record.id).await?);
+        self.linked(record, receipt).await
+    }
+
+    /// Adds to a receipt what the batch was made from (a resubmission) or made into (parts).
+    async fn linked(&self, record: &BatchRecord, mut receipt: Receipt) -> Result<Receipt, LifecycleError> {
+        if let (Some(Kind::Resubmission), Some(parent)) = (record.kind, record.parent_id) {
+            if let Some(of) = self.store.get(parent).await? {
+                receipt.resubmission_of = Some(crate::receipt::Link {
+                    id: of.id,
+                    batch: of.name,
+                    remote_uuid: of.remote_uuid,
+                    from_row: record.first_row.unwrap_or(1),
+                });
+            }
+        }
+        let children = self.store.children(record.id).await?;
+        receipt.parts = children.iter().filter(|c| c.kind == Some(Kind::Part) && c.state == State::Submitted).map(Part::of).collect();
+        Ok(receipt)
+    }
+}
+
+/// The folder in work/ where parts are built: a dot-name, so no scan takes it for a batch.
+pub const PARTS_FOLDER: &str = ".parts";
+
+/// `<database>.<what>`: a folder of ours beside the state database.
+fn beside(database: &Path, what: &str) -> PathBuf {
+    let mut name = database.as_os_str().to_owned();
+    name.push(format!(".{what}"));
+    PathBuf::from(name)
 }
 
 /// Where a claimed folder sits, as recorded for `send`'s folders (canonical path).

@@ -108,7 +108,7 @@ fn check_records(body: &[u8], check: &mut CsvCheck) {
             None,
             None,
             "too_many_rows",
-            format!("input.csv has {rows} data rows; Jumio accepts at most {MAX_DATA_ROWS} per batch: split it into several batches"),
+            format!("input.csv has {rows} data rows; Jumio accepts at most {MAX_DATA_ROWS} per batch: split it into several batches, or set [batch] split_over_limit = true to have jumio-batchd ship it as parts"),
         );
     }
 }

@@ -30,9 +30,40 @@ pub struct Report {
     pub bytes: u64,
     pub errors: Vec<Problem>,
     pub warnings: Vec<Problem>,
+    /// How a batch over Jumio's row limit is shipped with `[batch] split_over_limit`: one part
+    /// per range of rows (empty for a batch within the limit).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<RowRange>,
     /// customerInternalReference of the rows that have problems, to name them in the text report.
     #[serde(skip)]
     pub references: BTreeMap<usize, String>,
+}
+
+/// Data rows `first..=last` of input.csv (1-based, as problems name them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RowRange {
+    pub first: usize,
+    pub last: usize,
+}
+
+impl RowRange {
+    pub fn rows(&self) -> usize {
+        self.last + 1 - self.first
+    }
+}
+
+/// The parts a batch of `rows` data rows is shipped as: in order, each at most Jumio's limit.
+pub fn split(rows: usize) -> Vec<RowRange> {
+    (1..=rows).step_by(MAX_DATA_ROWS).map(|first| RowRange { first, last: (first + MAX_DATA_ROWS - 1).min(rows) }).collect()
+}
+
+/// What the rules allow beyond Jumio's own: the ready marker, and splitting over the row limit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rules<'a> {
+    /// The ready-marker file name: neither shipped nor reported as unreferenced.
+    pub marker: Option<&'a str>,
+    /// More than 10,000 rows is not an error: the batch is shipped as parts.
+    pub split_over_limit: bool,
 }
 
 /// A checked batch: the report, and what would be shipped (input.csv first, then the images).
@@ -54,6 +85,12 @@ pub struct Unreadable {
 /// Validates the batch in `dir`. `marker` is the ready-marker file name, which is neither
 /// shipped nor reported as unreferenced.
 pub fn validate(dir: &Path, marker: Option<&str>) -> Result<Validated, Unreadable> {
+    validate_with(dir, Rules { marker, split_over_limit: false })
+}
+
+/// Validates the batch in `dir` under `rules`.
+pub fn validate_with(dir: &Path, rules: Rules<'_>) -> Result<Validated, Unreadable> {
+    let marker = rules.marker;
     let unreadable = |source| Unreadable { path: dir.to_path_buf(), source };
     let entries = std::fs::read_dir(dir).map_err(unreadable)?;
     let batch = batch_name(dir);
@@ -82,7 +119,27 @@ pub fn validate(dir: &Path, marker: Option<&str>) -> Result<Validated, Unreadabl
             return Ok(Validated { report: Report::new(batch, 0, 0, 0, findings), files: Vec::new() });
         }
     };
-    let csv = check_csv(&csv_bytes);
+    let mut csv = check_csv(&csv_bytes);
+    let parts = if csv.rows > MAX_DATA_ROWS { split(csv.rows) } else { Vec::new() };
+    let ranges: Vec<String> = parts.iter().map(|p| format!("rows {}-{}", p.first, p.last)).collect();
+    if !rules.split_over_limit {
+        for problem in csv.findings.errors.iter_mut().filter(|p| p.code == "too_many_rows") {
+            problem.message.push_str(&format!(" (it would be {} parts: {})", parts.len(), ranges.join(", ")));
+        }
+    } else if !parts.is_empty() {
+        csv.findings.errors.retain(|p| p.code != "too_many_rows");
+        findings.warning(
+            None,
+            None,
+            "split_into_parts",
+            format!(
+                "input.csv has {} data rows, more than Jumio's {MAX_DATA_ROWS} per batch; it is shipped as {} parts, in order, each its own batch at Jumio: {}",
+                csv.rows,
+                parts.len(),
+                ranges.join(", ")
+            ),
+        );
+    }
     findings.extend(csv.findings);
     let mut markers = vec![crate::ship::DONE_FILE];
     markers.extend(marker);
@@ -107,6 +164,9 @@ pub fn validate(dir: &Path, marker: Option<&str>) -> Result<Validated, Unreadabl
     let named: HashSet<usize> = report.errors.iter().chain(&report.warnings).filter_map(|p| p.row).collect();
     references.retain(|row, _| named.contains(row));
     report.references = references;
+    if rules.split_over_limit {
+        report.parts = parts;
+    }
     Ok(Validated { report, files })
 }
 
@@ -150,6 +210,7 @@ impl Report {
             bytes,
             errors: findings.errors,
             warnings: findings.warnings,
+            parts: Vec::new(),
             references: BTreeMap::new(),
         }
     }

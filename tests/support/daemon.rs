@@ -29,6 +29,45 @@ impl Drops {
         Drops { root, config }
     }
 
+    /// Adds `text` (whole sections) to the end of the config file.
+    pub fn configure(&self, text: &str) {
+        let mut config = std::fs::read_to_string(&self.config).unwrap();
+        config.push_str(text);
+        std::fs::write(&self.config, config).unwrap();
+    }
+
+    /// Runs a command of the binary with this config (`jumio-batchd --config C ARGS`), to its end.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        self.cli_with_env(args, &[])
+    }
+
+    pub fn cli_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_jumio-batchd"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("JUMIO_BATCHD_FAILPOINT")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Starts a command of the binary with this config, its stderr piped (for failpoints).
+    pub fn start_cli(&self, args: &[&str], env: &[(&str, &str)]) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_jumio-batchd"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("JUMIO_BATCHD_FAILPOINT")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     pub fn dir(&self, name: &str) -> PathBuf {
         self.root.path().join(name)
     }
@@ -73,6 +112,7 @@ impl Drops {
             .arg(&self.config)
             .arg("run")
             .args(args)
+            .env_remove("JUMIO_BATCHD_FAILPOINT")
             .env("RUST_LOG", "debug")
             .envs(env.iter().copied())
             .stdout(out.try_clone().unwrap())

@@ -200,6 +200,18 @@ impl TestServer {
         path
     }
 
+    /// A `[routes.NAME]` section sending batches dropped into `inbox` to this server.
+    pub fn route_toml(&self, name: &str, inbox: &str) -> String {
+        let c = self.sftp_config();
+        format!(
+            "[routes.{name}]\ninbox = \"{inbox}\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{}\"\nprivate_key = \"{}\"\nknown_hosts = \"{}\"\n",
+            c.port,
+            c.user,
+            c.private_key.display(),
+            c.known_hosts.display()
+        )
+    }
+
     /// The `[sftp]` section for a config file.
     pub fn sftp_toml(&self) -> String {
         let c = self.sftp_config();

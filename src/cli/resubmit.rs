@@ -1,0 +1,87 @@
+//! `jumio-batchd resubmit NAME|ID --from-row N [--csv FIXED.csv] [--json]`: the rows of a
+//! shipped batch from row N down, as a new batch to the same tenant (Jumio's fix for a job that
+//! stopped at a row). Built in work/, shipped like any batch, filed into done/.
+
+use super::send::{self, Shown};
+use super::{EXIT_INVALID, EXIT_USAGE};
+use crate::config::Config;
+use crate::lifecycle::{self, Lifecycle, Outcome, Prepared, ResubmitError};
+use crate::store::Store;
+use crate::telemetry::{self, Sink};
+use crate::validate::MAX_CSV_BYTES;
+use std::io::Read;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+pub async fn run(config: Option<&Path>, key: &str, from_row: usize, csv: Option<&Path>, json: bool) -> anyhow::Result<u8> {
+    let loaded = Config::load_or_default(config)?;
+    telemetry::init(Sink::Stderr, false, "info");
+    let paths = loaded.paths()?.clone();
+    let store = Store::open(&loaded.config.state.database).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let life = Lifecycle::new(store, &loaded.config, loaded.routes()?, stop.clone());
+    let shutdown = super::run::shutdown_signal()?;
+    tokio::spawn(async move {
+        shutdown.await;
+        stop.store(true, Ordering::SeqCst);
+    });
+    let Some(original) = life.store.find(key).await? else {
+        eprintln!("no batch named or numbered {key:?}; see `jumio-batchd status`");
+        return Ok(EXIT_INVALID);
+    };
+    let fixed = match csv {
+        Some(path) => Some(read_fixed(path)?),
+        None => None,
+    };
+    let shown = Shown { json, quiet: false, verbose: false };
+    let (record, dir, lock) = match life.resubmission(&original, from_row, fixed, &paths.work).await {
+        Ok(Prepared::Ready { record, dir, lock }) => (record, dir, lock),
+        Ok(Prepared::Finished(outcome)) => return send::report(*outcome, shown),
+        Err(e @ (ResubmitError::NotShipped { .. } | ResubmitError::CopyGone { .. } | ResubmitError::Rows(_))) => {
+            eprintln!("{}: cannot resubmit: {e}", original.name);
+            return Ok(EXIT_INVALID);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    eprintln!("{}: resubmitting rows {from_row}.. as batch {} (id {})", original.name, record.name, record.id);
+    let mut outcome = life.work_held(record.id, &dir, &paths, lock).await?;
+    while let Outcome::RetryWait { record: waiting } = &outcome {
+        let wait = lifecycle::wait_for(waiting);
+        eprintln!(
+            "{}: attempt {} failed: {}; retrying in {:.1} s",
+            waiting.name,
+            waiting.attempts,
+            waiting.last_error.as_deref().unwrap_or(""),
+            wait.as_secs_f64()
+        );
+        tokio::time::sleep(wait).await;
+        if life.stop.load(Ordering::SeqCst) {
+            eprintln!("{}: stopped while waiting to retry; the daemon (or this command run again) resumes it", waiting.name);
+            return Ok(EXIT_USAGE);
+        }
+        outcome = life.work(record.id, &dir, &paths).await?;
+    }
+    if let Outcome::Rejected { .. } = &outcome {
+        eprintln!("(row 1 of {} is row {from_row} of {}; the report is also in {})", record.name, original.name, paths.rejected.display());
+    }
+    send::report(outcome, shown)
+}
+
+/// The corrected CSV an operator gives: a plain file, read up to the size input.csv may have.
+fn read_fixed(path: &Path) -> anyhow::Result<Vec<u8>> {
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        anyhow::bail!("the corrected CSV {} is not a regular file (missing, a folder, a FIFO or a device)", path.display());
+    }
+    let file = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("cannot read the corrected CSV {}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CSV_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_CSV_BYTES {
+        anyhow::bail!(
+            "the corrected CSV {} is larger than {} MB; it cannot be a batch's input.csv",
+            path.display(),
+            MAX_CSV_BYTES / 1_000_000
+        );
+    }
+    Ok(bytes)
+}
