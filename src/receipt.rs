@@ -62,10 +62,10 @@ pub struct Part {
 impl Part {
     pub fn of(record: &BatchRecord) -> Part {
         Part {
-            part: record.part.unwrap_or_default(),
+            part: record.origin.part.unwrap_or_default(),
             id: record.id,
-            first_row: record.first_row.unwrap_or_default(),
-            last_row: record.last_row.unwrap_or_default(),
+            first_row: record.origin.first_row.unwrap_or_default(),
+            last_row: record.origin.last_row.unwrap_or_default(),
             rows: record.rows,
             files: record.files,
             remote_uuid: record.remote_uuid.clone(),
@@ -80,7 +80,7 @@ impl Receipt {
     pub fn of(record: &BatchRecord, files_sha256: BTreeMap<String, String>, seconds: f64, already_submitted: bool) -> Receipt {
         Receipt {
             batch: record.name.clone(),
-            route: record.route.clone(),
+            route: record.origin.route.clone(),
             remote_dir: record.remote_dir.clone().or_else(|| record.remote_uuid.clone()),
             remote_uuid: record.remote_uuid.clone(),
             rows: record.rows as usize,

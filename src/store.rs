@@ -58,6 +58,15 @@ pub struct BatchRecord {
     pub reject_reason: Option<RejectReason>,
     /// The batch this one duplicates (`reject_reason = duplicate`).
     pub duplicate_of: Option<i64>,
+    /// Where it goes and what it was made from.
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub origin: Origin,
+}
+
+/// Where a batch goes and what it was made from: fixed when it is recorded.
+#[derive(Debug, Clone, Default, FromRow, Serialize)]
+pub struct Origin {
     /// The route it goes to (`None`: a config without routes).
     pub route: Option<String>,
     /// `user@host:port` of that route: the duplicate guard looks within one tenant.
@@ -72,16 +81,19 @@ pub struct BatchRecord {
     pub part: Option<i64>,
 }
 
-/// Where a new batch goes and what it was made from.
-#[derive(Debug, Clone, Default)]
-pub struct Origin {
-    pub route: Option<String>,
-    pub tenant: Option<String>,
-    pub parent_id: Option<i64>,
-    pub kind: Option<Kind>,
-    pub first_row: Option<i64>,
-    pub last_row: Option<i64>,
-    pub part: Option<i64>,
+impl Origin {
+    /// A batch made from `parent`'s rows `first..=last`: it goes to the parent's tenant.
+    pub fn made_from(parent: &BatchRecord, kind: Kind, first: usize, last: usize, part: Option<i64>) -> Origin {
+        Origin {
+            route: parent.origin.route.clone(),
+            tenant: parent.origin.tenant.clone(),
+            parent_id: Some(parent.id),
+            kind: Some(kind),
+            first_row: Some(first as i64),
+            last_row: Some(last as i64),
+            part,
+        }
+    }
 }
 
 #[derive(Debug, Clone, FromRow, Serialize)]
@@ -491,7 +503,7 @@ fn log_transition(record: &BatchRecord, from: Option<State>) {
     tracing::info!(
         batch = %record.name,
         id = record.id,
-        route = record.route.as_deref().unwrap_or(crate::config::DEFAULT_ROUTE),
+        route = record.origin.route.as_deref().unwrap_or(crate::config::DEFAULT_ROUTE),
         from = from.map(State::as_str).unwrap_or("-"),
         state = %record.state,
         remote_uuid = record.remote_uuid.as_deref().unwrap_or("-"),

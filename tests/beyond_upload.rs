@@ -184,6 +184,14 @@ fn a_batch_over_10000_rows_ships_as_three_parts_in_order_and_a_kill_between_part
     let part_one = server.home().join(&shipped[0]);
     assert!(tree(&part_one) == expected_remote(&original, &rows_of(&original["input.csv"], 1, 10_000)));
 
+    // Killed again, this time in the middle of part 2: it resumes into part 2's own UUID.
+    let mut daemon = drops.spawn_with_env(&[], &[("JUMIO_BATCHD_FAILPOINT", "after_file:20")]);
+    daemon.wait_for_log("failpoint after_file:20 reached", WAIT);
+    daemon.kill();
+    let started: Vec<String> = server.remote_folders().into_iter().filter(|f| *f != shipped[0]).collect();
+    assert_eq!(started.len(), 1, "part 2 begun");
+    assert!(!server.home().join(&started[0]).join("DONE").exists());
+
     let mut daemon = drops.spawn(&[]);
     drops.wait_for("done", 1, WAIT);
     daemon.terminate();
@@ -204,6 +212,7 @@ fn a_batch_over_10000_rows_ships_as_three_parts_in_order_and_a_kill_between_part
     }
     assert!(submitted.windows(2).all(|w| w[0] < w[1]), "parts submitted in order: {submitted:?}");
     assert_eq!(listed[0]["remote_uuid"], shipped[0].as_str(), "part 1 kept from before the kill");
+    assert_eq!(listed[1]["remote_uuid"], started[0].as_str(), "part 2 resumed into its own UUID");
     let status = text(&drops.cli(&["status", "huge"]).stdout);
     assert!(status.contains("part 3 (rows 20001-25001): batch huge.part-3-of-3"), "{status}");
     assert!(!drops.dir("work/.parts/1").exists(), "the parts' folders are removed once shipped");

@@ -5,7 +5,7 @@
 use super::send::{self, Shown};
 use super::{EXIT_INVALID, EXIT_USAGE};
 use crate::config::Config;
-use crate::lifecycle::{self, Lifecycle, Outcome, Prepared, ResubmitError};
+use crate::lifecycle::{Lifecycle, Outcome, Prepared, ResubmitError};
 use crate::store::Store;
 use crate::telemetry::{self, Sink};
 use crate::validate::MAX_CSV_BYTES;
@@ -47,15 +47,7 @@ pub async fn run(config: Option<&Path>, key: &str, from_row: usize, csv: Option<
     eprintln!("{}: resubmitting rows {from_row}.. as batch {} (id {})", original.name, record.name, record.id);
     let mut outcome = life.work_held(record.id, &dir, &paths, lock).await?;
     while let Outcome::RetryWait { record: waiting } = &outcome {
-        let wait = lifecycle::wait_for(waiting);
-        eprintln!(
-            "{}: attempt {} failed: {}; retrying in {:.1} s",
-            waiting.name,
-            waiting.attempts,
-            waiting.last_error.as_deref().unwrap_or(""),
-            wait.as_secs_f64()
-        );
-        tokio::time::sleep(wait).await;
+        tokio::time::sleep(send::announce_retry(waiting)).await;
         if life.stop.load(Ordering::SeqCst) {
             eprintln!("{}: stopped while waiting to retry; the daemon (or this command run again) resumes it", waiting.name);
             return Ok(EXIT_USAGE);

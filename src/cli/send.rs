@@ -7,7 +7,7 @@ use super::{EXIT_INVALID, EXIT_OK, EXIT_USAGE};
 use crate::config::Config;
 use crate::lifecycle::{self, Admitted, Lifecycle, Outcome};
 use crate::receipt::Receipt;
-use crate::store::Store;
+use crate::store::{BatchRecord, Store};
 use crate::telemetry::{self, Sink};
 use crate::validate;
 use std::io::IsTerminal;
@@ -60,14 +60,7 @@ pub async fn run(config: Option<&Path>, dir: &Path, shown: Shown, allow_duplicat
         let outcome = life.attempt(&mut claim, allow_duplicate).await?;
         let Outcome::RetryWait { record: waiting } = outcome else { return report(outcome) };
         bars.finish();
-        let wait = lifecycle::wait_for(&waiting);
-        eprintln!(
-            "{}: attempt {} failed: {}; retrying in {:.1} s",
-            waiting.name,
-            waiting.attempts,
-            waiting.last_error.as_deref().unwrap_or(""),
-            wait.as_secs_f64()
-        );
+        let wait = announce_retry(&waiting);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stopped.notified() => {
@@ -76,6 +69,19 @@ pub async fn run(config: Option<&Path>, dir: &Path, shown: Shown, allow_duplicat
             }
         }
     }
+}
+
+/// Says that an attempt failed and when the next is; returns how long to wait for it.
+pub(super) fn announce_retry(waiting: &BatchRecord) -> std::time::Duration {
+    let wait = lifecycle::wait_for(waiting);
+    eprintln!(
+        "{}: attempt {} failed: {}; retrying in {:.1} s",
+        waiting.name,
+        waiting.attempts,
+        waiting.last_error.as_deref().unwrap_or(""),
+        wait.as_secs_f64()
+    );
+    wait
 }
 
 /// What the person (or script) running `send` (or `resubmit`) sees, and the exit status.

@@ -68,11 +68,11 @@ impl MadeInto {
         MadeInto {
             id: c.id,
             name: c.name.clone(),
-            kind: c.kind,
+            kind: c.origin.kind,
             state: c.state,
-            first_row: c.first_row,
-            last_row: c.last_row,
-            part: c.part,
+            first_row: c.origin.first_row,
+            last_row: c.origin.last_row,
+            part: c.origin.part,
             remote_uuid: c.remote_uuid.clone(),
         }
     }
@@ -84,13 +84,13 @@ impl<'a> BatchStatus<'a> {
             id: r.id,
             name: &r.name,
             state: r.state,
-            route: r.route.as_deref(),
-            made_from: r.parent_id.zip(r.kind).map(|(id, kind)| MadeFrom {
+            route: r.origin.route.as_deref(),
+            made_from: r.origin.parent_id.zip(r.origin.kind).map(|(id, kind)| MadeFrom {
                 id,
                 kind,
-                first_row: r.first_row,
-                last_row: r.last_row,
-                part: r.part,
+                first_row: r.origin.first_row,
+                last_row: r.origin.last_row,
+                part: r.origin.part,
             }),
             made_into: children.iter().map(MadeInto::of).collect(),
             remote_uuid: r.remote_uuid.as_deref(),
@@ -128,7 +128,7 @@ pub async fn run(config: Option<&Path>, json: bool, key: Option<&str>) -> anyhow
         let list: Vec<BatchStatus> = records.iter().zip(&children).map(|(r, c)| BatchStatus::of(r, c)).collect();
         println!("{}", serde_json::to_string_pretty(&list)?);
     } else if let Some(record) = records.first().filter(|_| key.is_some()) {
-        let parent = match record.parent_id {
+        let parent = match record.origin.parent_id {
             Some(id) => store.get(id).await?,
             None => None,
         };
@@ -151,24 +151,34 @@ pub async fn run(config: Option<&Path>, json: bool, key: Option<&str>) -> anyhow
 
 fn one(r: &BatchRecord, parent: Option<&BatchRecord>, children: &[BatchRecord]) -> String {
     let mut text = format!("batch {} (id {}): {}\n", r.name, r.id, r.state);
-    if let Some(route) = &r.route {
-        text.push_str(&format!("  route {route} ({})\n", r.tenant.as_deref().unwrap_or("-")));
+    if let Some(route) = &r.origin.route {
+        text.push_str(&format!("  route {route} ({})\n", r.origin.tenant.as_deref().unwrap_or("-")));
     }
     if let Some(p) = parent {
-        let rows = format!("rows {}-{}", r.first_row.unwrap_or_default(), r.last_row.unwrap_or_default());
-        match r.kind {
+        let rows = format!("rows {}-{}", r.origin.first_row.unwrap_or_default(), r.origin.last_row.unwrap_or_default());
+        match r.origin.kind {
             Some(Kind::Part) => {
-                text.push_str(&format!("  part {} of batch {} (id {}): {rows}\n", r.part.unwrap_or_default(), p.name, p.id))
+                text.push_str(&format!("  part {} of batch {} (id {}): {rows}\n", r.origin.part.unwrap_or_default(), p.name, p.id))
             }
-            _ => text.push_str(&format!("  resubmission of batch {} (id {}) from row {}\n", p.name, p.id, r.first_row.unwrap_or_default())),
+            _ => text.push_str(&format!(
+                "  resubmission of batch {} (id {}) from row {}\n",
+                p.name,
+                p.id,
+                r.origin.first_row.unwrap_or_default()
+            )),
         }
     }
     for c in children {
-        let how = match c.kind {
+        let how = match c.origin.kind {
             Some(Kind::Part) => {
-                format!("part {} (rows {}-{})", c.part.unwrap_or_default(), c.first_row.unwrap_or_default(), c.last_row.unwrap_or_default())
+                format!(
+                    "part {} (rows {}-{})",
+                    c.origin.part.unwrap_or_default(),
+                    c.origin.first_row.unwrap_or_default(),
+                    c.origin.last_row.unwrap_or_default()
+                )
             }
-            _ => format!("resubmitted from row {}", c.first_row.unwrap_or_default()),
+            _ => format!("resubmitted from row {}", c.origin.first_row.unwrap_or_default()),
         };
         text.push_str(&format!(
             "  {how}: batch {} (id {}) {}{}\n",
@@ -255,5 +265,5 @@ fn overview(counts: &std::collections::BTreeMap<String, i64>, records: &[BatchRe
 
 /// ` [route]` for a batch of a named route, nothing otherwise.
 fn route_of(r: &BatchRecord) -> String {
-    r.route.as_deref().map(|route| format!(" [{route}]")).unwrap_or_default()
+    r.origin.route.as_deref().map(|route| format!(" [{route}]")).unwrap_or_default()
 }

@@ -66,7 +66,7 @@ impl Lifecycle {
             return Ok(Ok(moved));
         }
         // Lost a race: another batch with this content started first, or another actor moved it.
-        let others = self.store.same_content(&record.content_key, record.id, record.tenant.as_deref()).await?;
+        let others = self.store.same_content(&record.content_key, record.id, record.origin.tenant.as_deref()).await?;
         match others.into_iter().find(|o| o.state.is_in_flight()) {
             Some(of) => self.refuse_duplicate(claim, of).await.map(Err),
             None => {
@@ -81,8 +81,8 @@ impl Lifecycle {
     /// batch it was made from: the operator named that one.
     async fn duplicate_of(&self, claim: &Claim) -> Result<Option<BatchRecord>, LifecycleError> {
         let record = &claim.record;
-        let mut others = self.store.same_content(&record.content_key, record.id, record.tenant.as_deref()).await?;
-        others.retain(|o| Some(o.id) != record.parent_id);
+        let mut others = self.store.same_content(&record.content_key, record.id, record.origin.tenant.as_deref()).await?;
+        others.retain(|o| Some(o.id) != record.origin.parent_id);
         Ok(others.iter().find(|o| o.state.is_in_flight()).or(others.first()).cloned())
     }
 

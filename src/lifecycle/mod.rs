@@ -139,10 +139,13 @@ impl Lifecycle {
 
     /// The route a batch goes to: the one its record names.
     pub fn route(&self, record: &BatchRecord) -> Result<&Route, LifecycleError> {
-        let found = self.routes.iter().find(|r| r.name == record.route);
+        let found = self.routes.iter().find(|r| r.name == record.origin.route);
         // A batch recorded before routes were named goes where the only route goes.
-        let found = found.or_else(|| self.routes.first().filter(|_| record.route.is_none() && self.routes.len() == 1));
-        found.ok_or_else(|| LifecycleError::UnknownRoute { name: record.name.clone(), route: record.route.clone().unwrap_or_default() })
+        let found = found.or_else(|| self.routes.first().filter(|_| record.origin.route.is_none() && self.routes.len() == 1));
+        found.ok_or_else(|| LifecycleError::UnknownRoute {
+            name: record.name.clone(),
+            route: record.origin.route.clone().unwrap_or_default(),
+        })
     }
 
     /// A new batch's route and tenant: what `send` was given (its only route).
@@ -403,18 +406,19 @@ impl Lifecycle {
 
     /// Adds to a receipt what the batch was made from (a resubmission) or made into (parts).
     async fn linked(&self, record: &BatchRecord, mut receipt: Receipt) -> Result<Receipt, LifecycleError> {
-        if let (Some(Kind::Resubmission), Some(parent)) = (record.kind, record.parent_id) {
+        if let (Some(Kind::Resubmission), Some(parent)) = (record.origin.kind, record.origin.parent_id) {
             if let Some(of) = self.store.get(parent).await? {
                 receipt.resubmission_of = Some(crate::receipt::Link {
                     id: of.id,
                     batch: of.name,
                     remote_uuid: of.remote_uuid,
-                    from_row: record.first_row.unwrap_or(1),
+                    from_row: record.origin.first_row.unwrap_or(1),
                 });
             }
         }
         let children = self.store.children(record.id).await?;
-        receipt.parts = children.iter().filter(|c| c.kind == Some(Kind::Part) && c.state == State::Submitted).map(Part::of).collect();
+        receipt.parts =
+            children.iter().filter(|c| c.origin.kind == Some(Kind::Part) && c.state == State::Submitted).map(Part::of).collect();
         Ok(receipt)
     }
 }

@@ -108,15 +108,7 @@ impl Lifecycle {
         let record = match existing {
             Some(record) => record,
             None => {
-                let origin = Origin {
-                    route: batch.route.clone(),
-                    tenant: batch.tenant.clone(),
-                    parent_id: Some(batch.id),
-                    kind: Some(Kind::Part),
-                    first_row: Some(part.range.first as i64),
-                    last_row: Some(part.range.last as i64),
-                    part: Some(part.number),
-                };
+                let origin = Origin::made_from(batch, Kind::Part, part.range.first, part.range.last, Some(part.number));
                 let source = part.folder.display().to_string();
                 self.store.insert(&part.name, &source, &origin, &contents_of(&key, &checked)).await?
             }

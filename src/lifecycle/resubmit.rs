@@ -75,8 +75,8 @@ impl Lifecycle {
             blocking(move || std::fs::remove_dir_all(built))
         };
         let earlier = self.store.children(original.id).await?.into_iter().rev().find(|c| {
-            c.kind == Some(Kind::Resubmission)
-                && c.first_row == Some(from_row as i64)
+            c.origin.kind == Some(Kind::Resubmission)
+                && c.origin.first_row == Some(from_row as i64)
                 && c.content_key == key
                 && !key.is_empty()
                 && c.state != State::Rejected
@@ -93,15 +93,8 @@ impl Lifecycle {
             }
             None => {
                 let route = self.route(original)?;
-                let origin = Origin {
-                    route: original.route.clone(),
-                    tenant: original.tenant.clone().or_else(|| Some(route.tenant())),
-                    parent_id: Some(original.id),
-                    kind: Some(Kind::Resubmission),
-                    first_row: Some(from_row as i64),
-                    last_row: Some(rows as i64),
-                    part: None,
-                };
+                let mut origin = Origin::made_from(original, Kind::Resubmission, from_row, rows, None);
+                origin.tenant = origin.tenant.or_else(|| Some(route.tenant()));
                 let record = self.store.claim(&name, &origin, |id| work.join(claimed_name(id, &name)).display().to_string()).await?;
                 let dir = PathBuf::from(&record.source_path);
                 (record, dir)
@@ -140,10 +133,11 @@ impl Lifecycle {
             };
             return Err(ResubmitError::NotShipped { name: original.name.clone(), id: original.id, state: original.state, hint });
         }
-        if let (Some(Kind::Part), Some(parent)) = (original.kind, original.parent_id) {
+        if let (Some(Kind::Part), Some(parent)) = (original.origin.kind, original.origin.parent_id) {
             let batch = self.store.get(parent).await?.ok_or(LifecycleError::NoRecord { id: parent })?;
             let (folder, csv) = Box::pin(self.rows_of(&batch)).await?;
-            let range = RowRange { first: original.first_row.unwrap_or(1) as usize, last: original.last_row.unwrap_or(1) as usize };
+            let range =
+                RowRange { first: original.origin.first_row.unwrap_or(1) as usize, last: original.origin.last_row.unwrap_or(1) as usize };
             return Ok((folder, derive::cut(&csv, range)?));
         }
         // The daemon's copy is where it filed it; `send`'s is the folder it was sent from.

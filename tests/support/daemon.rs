@@ -42,30 +42,19 @@ impl Drops {
     }
 
     pub fn cli_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_jumio-batchd"))
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env_remove("JUMIO_BATCHD_FAILPOINT")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        self.command(args, env).output().unwrap()
     }
 
-    /// Starts a command of the binary with this config, its stderr piped (for failpoints).
+    /// Starts a command of the binary with this config, its output piped (for failpoints).
     pub fn start_cli(&self, args: &[&str], env: &[(&str, &str)]) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_jumio-batchd"))
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env_remove("JUMIO_BATCHD_FAILPOINT")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+        self.command(args, env).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    }
+
+    fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_jumio-batchd"));
+        command.arg("--config").arg(&self.config).args(args).env_remove("JUMIO_BATCHD_FAILPOINT").envs(env.iter().copied());
+        command.stdin(Stdio::null());
+        command
     }
 
     pub fn dir(&self, name: &str) -> PathBuf {
