@@ -278,3 +278,22 @@ fn each_route_ships_its_inbox_to_its_own_tenant_and_the_duplicate_guard_is_per_t
     assert!(logs.contains("route=\"emea\"") || logs.contains("route=emea"), "the logs name the route");
     assert!(Path::new(&drops.dir("inbox/amer")).is_dir());
 }
+
+#[test]
+fn a_batch_sent_by_hand_is_resubmitted_from_its_folder_without_any_drop_folders() {
+    let server = TestServer::start();
+    let config = server.write_config_file(&[]);
+    let batch = Batch::valid("by-hand", 4);
+    let original = tree(&batch.dir);
+    let jumio = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_jumio-batchd")).arg("--config").arg(&config).args(args).output().unwrap()
+    };
+    assert!(jumio(&["send", "-q", batch.dir.to_str().unwrap()]).status.success());
+    let out = jumio(&["resubmit", "by-hand", "--from-row", "2", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let uuid = json(&out.stdout)["remote_uuid"].as_str().unwrap().to_owned();
+    let csv = rows_of(&original["input.csv"], 2, 4);
+    assert!(tree(&server.home().join(&uuid)) == expected_remote(&original, &csv));
+    let database = server.home().parent().unwrap().join("state.db.resubmits/done/by-hand.from-row-2/RECEIPT.json");
+    assert!(database.is_file(), "filed beside the state database when there are no drop folders");
+}

@@ -4,7 +4,7 @@
 
 use super::send::{self, Shown};
 use super::{EXIT_INVALID, EXIT_USAGE};
-use crate::config::Config;
+use crate::config::{Config, PathsConfig};
 use crate::lifecycle::{Lifecycle, Outcome, Prepared, ResubmitError};
 use crate::store::Store;
 use crate::telemetry::{self, Sink};
@@ -17,7 +17,10 @@ use std::sync::Arc;
 pub async fn run(config: Option<&Path>, key: &str, from_row: usize, csv: Option<&Path>, json: bool) -> anyhow::Result<u8> {
     let loaded = Config::load_or_default(config)?;
     telemetry::init(Sink::Stderr, false, "info");
-    let paths = loaded.paths()?.clone();
+    let paths = match &loaded.config.paths {
+        Some(paths) => paths.clone(),
+        None => beside_database(&loaded.config.state.database)?,
+    };
     let store = Store::open(&loaded.config.state.database).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let life = Lifecycle::new(store, &loaded.config, loaded.routes()?, stop.clone());
@@ -76,4 +79,23 @@ fn read_fixed(path: &Path) -> anyhow::Result<Vec<u8>> {
         );
     }
     Ok(bytes)
+}
+
+/// Without `[paths]` (a host that only uses `send`): the resubmission is built and filed in
+/// `<database>.resubmits/{work,done,rejected,failed}`.
+fn beside_database(database: &Path) -> anyhow::Result<PathsConfig> {
+    let mut root = database.as_os_str().to_owned();
+    root.push(".resubmits");
+    let root = std::path::PathBuf::from(root);
+    let paths = PathsConfig {
+        inbox: root.join("work"),
+        work: root.join("work"),
+        done: root.join("done"),
+        rejected: root.join("rejected"),
+        failed: root.join("failed"),
+    };
+    for dir in [&paths.work, &paths.done, &paths.rejected, &paths.failed] {
+        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    }
+    Ok(paths)
 }
