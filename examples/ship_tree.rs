@@ -3,7 +3,7 @@
 //! usage: ship_tree CONFIG DIR
 
 use jumio_batchd::config::Config;
-use jumio_batchd::ship::{ship, Pool, Progress};
+use jumio_batchd::ship::{ship, Pool, Progress, Unfenced};
 use jumio_batchd::validate::BatchFile;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -29,7 +29,8 @@ fn main() -> anyhow::Result<()> {
     let checked = jumio_batchd::fingerprint::hash_files(root, &files)?;
     let started = std::time::Instant::now();
     let uuid = uuid::Uuid::new_v4().to_string();
-    let shipment = ship(loaded.sftp()?, &Pool::none(), root, &files, &checked, &uuid, &Progress::default(), &AtomicBool::new(false))?;
+    let shipment =
+        ship(loaded.sftp()?, &Pool::none(), root, &files, &checked, &uuid, &Progress::default(), &AtomicBool::new(false), &Unfenced)?;
     println!("{} {} files {:.3} s", shipment.remote_dir, files.len(), started.elapsed().as_secs_f64());
     Ok(())
 }

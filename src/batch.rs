@@ -13,8 +13,7 @@
 
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, sqlx::Type)]
-#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     Discovered,
@@ -74,8 +73,7 @@ impl State {
 }
 
 /// Why a batch was rejected: a typed field of its record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
-#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RejectReason {
     /// It breaks Jumio's batch rules; the report says where.
@@ -85,8 +83,7 @@ pub enum RejectReason {
 }
 
 /// How a batch was made from another (its `parent_id`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
-#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// `resubmit`: the parent's rows from `first_row` down (or a corrected CSV's), a new UUID.
@@ -94,6 +91,72 @@ pub enum Kind {
     /// One part of a batch over Jumio's row limit: rows `first_row..=last_row`, part `part`.
     Part,
 }
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 2] = [RejectReason::Invalid, RejectReason::Duplicate];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Invalid => "invalid",
+            RejectReason::Duplicate => "duplicate",
+        }
+    }
+}
+
+impl Kind {
+    pub const ALL: [Kind; 2] = [Kind::Resubmission, Kind::Part];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Resubmission => "resubmission",
+            Kind::Part => "part",
+        }
+    }
+}
+
+/// A value stored as its TEXT name, the same in SQLite and PostgreSQL: encoded and decoded
+/// through `&str` for any sqlx database (an unknown name in a row is an error, never a guess).
+macro_rules! text_column {
+    ($t:ident) => {
+        impl<DB: sqlx::Database> sqlx::Type<DB> for $t
+        where
+            str: sqlx::Type<DB>,
+        {
+            fn type_info() -> DB::TypeInfo {
+                <str as sqlx::Type<DB>>::type_info()
+            }
+            fn compatible(ty: &DB::TypeInfo) -> bool {
+                <str as sqlx::Type<DB>>::compatible(ty)
+            }
+        }
+
+        impl<'q, DB: sqlx::Database> sqlx::Encode<'q, DB> for $t
+        where
+            &'q str: sqlx::Encode<'q, DB>,
+        {
+            fn encode_by_ref(
+                &self,
+                buf: &mut <DB as sqlx::Database>::ArgumentBuffer<'q>,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<'q, DB>>::encode(self.as_str(), buf)
+            }
+        }
+
+        impl<'r, DB: sqlx::Database> sqlx::Decode<'r, DB> for $t
+        where
+            &'r str: sqlx::Decode<'r, DB>,
+        {
+            fn decode(value: <DB as sqlx::Database>::ValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+                let name = <&str as sqlx::Decode<'r, DB>>::decode(value)?;
+                $t::ALL.into_iter().find(|v| v.as_str() == name).ok_or_else(|| format!("unknown {} {name:?}", stringify!($t)).into())
+            }
+        }
+    };
+}
+
+text_column!(State);
+text_column!(RejectReason);
+text_column!(Kind);
 
 impl std::fmt::Display for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -28,6 +28,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub batch: BatchConfig,
+    #[serde(default)]
+    pub fleet: FleetConfig,
     /// Named routes, each a tenant with its own inbox and SFTP settings. None: `[sftp]` and
     /// `[paths] inbox` are the one route.
     #[serde(default)]
@@ -161,13 +163,81 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
-    /// SQLite database on local disk (never on the drop share).
+    /// SQLite database on local disk (never on the drop share), or a `postgres://` URL: the
+    /// database a fleet of ingest hosts shares (fleet mode).
     pub database: PathBuf,
+    /// PostgreSQL: a file holding the password (else `JUMIO_BATCHD_DATABASE_PASSWORD`, else the
+    /// URL's, else none). Never logged.
+    pub password_file: Option<PathBuf>,
+    /// PostgreSQL: this host's own folder for its lock files and the batches `send` and
+    /// `resubmit` build (SQLite keeps them beside the database).
+    pub local_dir: PathBuf,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
-        StateConfig { database: PathBuf::from("/var/lib/jumio-batchd/state.db") }
+        StateConfig {
+            database: PathBuf::from("/var/lib/jumio-batchd/state.db"),
+            password_file: None,
+            local_dir: PathBuf::from("/var/lib/jumio-batchd"),
+        }
+    }
+}
+
+/// The environment variable a PostgreSQL password may come from.
+pub const DATABASE_PASSWORD_ENV: &str = "JUMIO_BATCHD_DATABASE_PASSWORD";
+
+impl StateConfig {
+    /// The PostgreSQL URL, when the database is one (fleet mode).
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.database.to_str().filter(|d| d.starts_with("postgres://") || d.starts_with("postgresql://"))
+    }
+
+    /// The database as it may be shown: a URL without its password.
+    pub fn shown(&self) -> String {
+        match self.postgres_url() {
+            Some(url) => redact_url(url),
+            None => self.database.display().to_string(),
+        }
+    }
+
+    /// Where this host keeps what belongs to it alone, as if it were a database file: lock files
+    /// go to `<base>.locks`, built batches to `<base>.resubmits` and `<base>.parts`.
+    pub fn local_base(&self) -> PathBuf {
+        match self.postgres_url() {
+            Some(_) => self.local_dir.join("fleet"),
+            None => self.database.clone(),
+        }
+    }
+}
+
+/// `postgres://user:secret@host/db` as `postgres://user:***@host/db`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((user, host)) if user.contains(':') => {
+            let name = user.split(':').next().unwrap_or_default();
+            format!("{scheme}://{name}:***@{host}{path}")
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Fleet mode: several hosts on one drop share and one PostgreSQL database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// This daemon's name in the fleet (default: the machine's hostname); unique per daemon.
+    pub host_id: String,
+    /// How long a host's hold on a batch lasts without renewal; renewed every third of it.
+    pub lease_secs: u64,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
+        FleetConfig { host_id: host, lease_secs: 30 }
     }
 }
 
@@ -318,6 +388,16 @@ impl Config {
         let inboxes: Vec<PathBuf> = self.routes.values().map(|r| self.route_inbox(r)).collect();
         if inboxes.iter().enumerate().any(|(i, a)| inboxes[i + 1..].contains(a)) {
             return invalid("two routes share one inbox; give each route its own inbox folder");
+        }
+        let url = self.state.database.to_str().unwrap_or_default();
+        if url.contains("://") && self.state.postgres_url().is_none() {
+            return invalid("state.database is a URL but not postgres://; give a SQLite file path or a postgres:// URL");
+        }
+        if self.fleet.host_id.trim().is_empty() || self.fleet.host_id.len() > 200 {
+            return invalid("fleet.host_id must be a non-empty name (at most 200 characters)");
+        }
+        if self.fleet.lease_secs < 3 {
+            return invalid("fleet.lease_secs must be at least 3 (it is renewed every third of it)");
         }
         if let Some(sftp) = &self.sftp {
             if sftp.connections == 0 || sftp.connections > 64 {

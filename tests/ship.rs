@@ -2,7 +2,7 @@
 
 mod support;
 
-use jumio_batchd::ship::{ship, Pool, Progress, ShipError};
+use jumio_batchd::ship::{ship, Pool, Progress, ShipError, Unfenced};
 use jumio_batchd::validate::validate;
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
@@ -88,7 +88,8 @@ fn ship_directly(server: &TestServer, batch: &Batch, connections: usize, uuid: &
     let progress = Progress::default();
     let digests = jumio_batchd::fingerprint::hash_files(&batch.dir, &checked.files).unwrap();
     let before = server.log().matches("Accepted publickey").count();
-    let shipment = ship(&cfg, &Pool::none(), &batch.dir, &checked.files, &digests, uuid, &progress, &AtomicBool::new(false)).unwrap();
+    let shipment =
+        ship(&cfg, &Pool::none(), &batch.dir, &checked.files, &digests, uuid, &progress, &AtomicBool::new(false), &Unfenced).unwrap();
     assert_eq!(shipment.uploaded, checked.files.len());
     assert_eq!(progress.bytes_sent.load(std::sync::atomic::Ordering::SeqCst), checked.report.bytes);
     assert_eq!(tree(&server.home().join(&shipment.remote_dir)), expected_tree(batch));
@@ -275,7 +276,8 @@ fn ship_pooled(server: &TestServer, pool: &Pool, batch: &Batch, uuid: &str) -> R
     let checked = validate(&batch.dir, Some("DONE")).unwrap();
     let digests = jumio_batchd::fingerprint::hash_files(&batch.dir, &checked.files).unwrap();
     let cfg = server.sftp_config();
-    ship(&cfg, pool, &batch.dir, &checked.files, &digests, uuid, &Progress::default(), &AtomicBool::new(false)).map(|s| s.remote_dir)
+    ship(&cfg, pool, &batch.dir, &checked.files, &digests, uuid, &Progress::default(), &AtomicBool::new(false), &Unfenced)
+        .map(|s| s.remote_dir)
 }
 
 /// A connection is kept for the next batch only while all goes well: the second batch is

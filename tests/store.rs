@@ -159,7 +159,8 @@ async fn migrations_apply_to_the_previous_schema_keeping_its_rows() {
     // The schema as the first release left it: only the first migration, applied by sqlx.
     let v1 = dir.path().join("migrations-v1");
     std::fs::create_dir(&v1).unwrap();
-    let first = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).unwrap().flatten().map(|e| e.path()).min().unwrap();
+    let first =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite")).unwrap().flatten().map(|e| e.path()).min().unwrap();
     std::fs::copy(&first, v1.join(first.file_name().unwrap())).unwrap();
     sqlx::migrate::Migrator::new(v1.as_path()).await.unwrap().run(&pool).await.unwrap();
     sqlx::query("INSERT INTO batches (name, source_path, content_key, state, created_at, updated_at) VALUES ('old', '/x', 'k', 'submitted', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')")
@@ -175,10 +176,11 @@ async fn migrations_apply_to_the_previous_schema_keeping_its_rows() {
 #[tokio::test]
 async fn a_claim_is_recorded_under_a_folder_that_carries_its_id_and_can_be_forgotten_until_it_moves_on() {
     let (_dir, store) = fresh_store().await;
-    let claimed = store.claim("daily", &Origin::default(), |id| format!("/srv/work/{id}.daily")).await.unwrap();
+    let (claimed, token) = store.claim("daily", &Origin::default(), |id| format!("/srv/work/{id}.daily")).await.unwrap();
+    assert_eq!(token, None, "SQLite: the kernel lock, no lease");
     assert_eq!((claimed.name.as_str(), claimed.state), ("daily", State::Discovered));
     assert_eq!(claimed.source_path, format!("/srv/work/{}.daily", claimed.id));
-    let again = store.claim("daily", &Origin::default(), |id| format!("/srv/work/{id}.daily")).await.unwrap();
+    let (again, _) = store.claim("daily", &Origin::default(), |id| format!("/srv/work/{id}.daily")).await.unwrap();
     assert_ne!(again.id, claimed.id, "the same name claimed again is another batch");
     let files = files();
     store.record_contents(again.id, &Contents { content_key: "k", rows: 1, files: 1, bytes: 30, file_list: &files }).await.unwrap();

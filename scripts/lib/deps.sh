@@ -15,6 +15,8 @@ ensure_deps() {
   command -v systemd-analyze >/dev/null || missing+=(systemd)
   command -v script >/dev/null || missing+=(bsdutils)     # a pseudo-terminal for the progress bar test
   command -v lintian >/dev/null || missing+=(lintian)     # the Debian package test
+  # A private PostgreSQL server for the fleet tests (tests/support/postgres.rs starts its own).
+  ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}" >&2
     as_root apt-get update -qq

@@ -59,9 +59,28 @@ pub async fn run(config: Option<&Path>) -> anyhow::Result<u8> {
         }
         Err(e) => checks.report("paths", Err(e.to_string())),
     }
-    let db = &loaded.config.state.database;
-    let store = Store::open(db).await.map(|_| db.display().to_string()).map_err(|e| e.to_string());
-    checks.report("state database", store);
+    let state = &loaded.config.state;
+    match Store::connect(state, &loaded.config.fleet).await {
+        Ok(store) => {
+            checks.report("state database", Ok(state.shown()));
+            checks.report("migrations", migrations(&store).await);
+            if let Some(fleet) = store.fleet() {
+                let hosts = store.live_hosts(fleet.lease).await.map_err(|e| e.to_string()).map(|hosts| {
+                    let names: Vec<String> =
+                        hosts.iter().map(|h| format!("{} (PID {}, up since {})", h.host_id, h.pid, h.started_at.to_rfc3339())).collect();
+                    format!(
+                        "this host is {}; {} live: {}",
+                        fleet.host,
+                        hosts.len(),
+                        if names.is_empty() { "none".into() } else { names.join(", ") }
+                    )
+                });
+                checks.report("fleet", hosts);
+            }
+            store.close().await;
+        }
+        Err(e) => checks.report("state database", Err(e.to_string())),
+    }
     match loaded.routes() {
         Ok(routes) => {
             for route in routes {
@@ -71,6 +90,16 @@ pub async fn run(config: Option<&Path>) -> anyhow::Result<u8> {
         Err(e) => checks.report("sftp", Err(e.to_string())),
     }
     Ok(if checks.failed == 0 { EXIT_OK } else { EXIT_INVALID })
+}
+
+/// The migrations applied against those this build knows.
+async fn migrations(store: &Store) -> Result<String, String> {
+    let applied = store.migrations().await.map_err(|e| e.to_string())?;
+    let known = store.known_migrations();
+    match applied.last() {
+        Some((version, description)) if applied.len() == known => Ok(format!("{known} applied, the newest {version} ({description})")),
+        _ => Err(format!("{} of {known} applied; a newer jumio-batchd may have migrated this database", applied.len())),
+    }
 }
 
 /// The key, known_hosts and a real login with a write probe, for one route (and its inbox).

@@ -19,9 +19,9 @@ pub async fn run(config: Option<&Path>, key: &str, from_row: usize, csv: Option<
     telemetry::init(Sink::Stderr, false, "info");
     let paths = match &loaded.config.paths {
         Some(paths) => paths.clone(),
-        None => beside_database(&loaded.config.state.database)?,
+        None => beside_database(&loaded.config.state.local_base())?,
     };
-    let store = Store::open(&loaded.config.state.database).await?;
+    let store = Store::connect(&loaded.config.state, &loaded.config.fleet).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let life = Lifecycle::new(store, &loaded.config, loaded.routes()?, stop.clone());
     let shutdown = super::run::shutdown_signal()?;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 pub async fn run(config: Option<&Path>, key: &str) -> anyhow::Result<u8> {
     let loaded = Config::load_or_default(config)?;
-    let store = Store::open(&loaded.config.state.database).await?;
+    let store = Store::connect(&loaded.config.state, &loaded.config.fleet).await?;
     let Some(record) = store.find(key).await? else {
         eprintln!("no batch named or numbered {key:?}; see `jumio-batchd status`");
         return Ok(EXIT_INVALID);

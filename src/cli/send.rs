@@ -32,7 +32,7 @@ pub async fn run(config: Option<&Path>, dir: &Path, shown: Shown, allow_duplicat
     let level = if shown.verbose || (!terminal && !shown.quiet) { "info" } else { "warn" };
     telemetry::init(Sink::Stderr, false, level);
     let route = loaded.route(route)?;
-    let store = Store::open(&loaded.config.state.database).await?;
+    let store = Store::connect(&loaded.config.state, &loaded.config.fleet).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let mut life = Lifecycle::new(store, &loaded.config, vec![route], stop.clone());
     let bars = Bars::default();

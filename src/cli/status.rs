@@ -30,6 +30,11 @@ struct BatchStatus<'a> {
     /// The batch's folder on the server: its name (a UUID), and its path from the tenant home.
     remote_uuid: Option<&'a str>,
     remote_dir: Option<&'a str>,
+    /// Fleet mode: the host working it now (its lease is live), and until when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    holder: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease_expires_at: Option<String>,
     reject_reason: Option<RejectReason>,
     duplicate_of: Option<i64>,
     rows: i64,
@@ -95,6 +100,8 @@ impl<'a> BatchStatus<'a> {
             made_into: children.iter().map(MadeInto::of).collect(),
             remote_uuid: r.remote_uuid.as_deref(),
             remote_dir: r.remote_dir.as_deref(),
+            holder: r.held_by(),
+            lease_expires_at: r.held_by().and(r.lease_expires_at).map(|t| t.to_rfc3339()),
             reject_reason: r.reject_reason,
             duplicate_of: r.duplicate_of,
             rows: r.rows,
@@ -111,11 +118,15 @@ impl<'a> BatchStatus<'a> {
 
 pub async fn run(config: Option<&Path>, json: bool, key: Option<&str>) -> anyhow::Result<u8> {
     let loaded = Config::load_or_default(config)?;
-    let path = &loaded.config.state.database;
-    if !path.exists() {
-        anyhow::bail!("no state database at {}; nothing has been sent yet (or [state] database points elsewhere)", path.display());
-    }
-    let store = Store::open_read_only(path).await?;
+    let state = &loaded.config.state;
+    let store = match state.postgres_url() {
+        Some(_) => Store::connect(state, &loaded.config.fleet).await?,
+        None if !state.database.exists() => anyhow::bail!(
+            "no state database at {}; nothing has been sent yet (or [state] database points elsewhere)",
+            state.database.display()
+        ),
+        None => Store::open_read_only(&state.database).await?,
+    };
     let records = match key {
         Some(key) => vec![store.find(key).await?.ok_or_else(|| anyhow::anyhow!("no batch named or numbered {key:?}"))?],
         None => store.recent(JSON_LIMIT).await?,
@@ -136,10 +147,11 @@ pub async fn run(config: Option<&Path>, json: bool, key: Option<&str>) -> anyhow
         for e in store.events(record.id).await? {
             let from = e.from_state.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
             println!(
-                "  {}  {from} -> {} (attempt {}){}",
+                "  {}  {from} -> {} (attempt {}){}{}",
                 e.at.format("%Y-%m-%d %H:%M:%S"),
                 e.to_state,
                 e.attempt,
+                e.host.map(|h| format!(" on {h}")).unwrap_or_default(),
                 e.detail.map(|d| format!(": {d}")).unwrap_or_default()
             );
         }
@@ -189,6 +201,9 @@ fn one(r: &BatchRecord, parent: Option<&BatchRecord>, children: &[BatchRecord]) 
         ));
     }
     text.push_str(&format!("  {} rows, {} images, {} bytes; attempts {}\n", r.rows, r.files, r.bytes, r.attempts));
+    if let (Some(host), Some(until)) = (r.held_by(), r.lease_expires_at) {
+        text.push_str(&format!("  worked by host {host} (lease until {})\n", until.to_rfc3339()));
+    }
     if let Some(uuid) = &r.remote_uuid {
         text.push_str(&format!("  remote folder {uuid} ({})\n", r.remote_dir.as_deref().unwrap_or(uuid)));
     }
@@ -221,10 +236,11 @@ fn overview(counts: &std::collections::BTreeMap<String, i64>, records: &[BatchRe
             let secs = r.upload_started_at.map_or(0.0, |t| (Utc::now() - t).num_milliseconds() as f64 / 1000.0);
             let rate = if secs > 0.0 { r.bytes_sent as f64 / secs / 1e6 } else { 0.0 };
             text.push_str(&format!(
-                "  {} (id {}){} {} / {} bytes, {rate:.1} MB/s, attempt {}, into {}\n",
+                "  {} (id {}){}{} {} / {} bytes, {rate:.1} MB/s, attempt {}, into {}\n",
                 r.name,
                 r.id,
                 route_of(r),
+                r.held_by().map(|h| format!(" on {h}")).unwrap_or_default(),
                 r.bytes_sent,
                 r.bytes,
                 r.attempts,

@@ -11,7 +11,7 @@ pub use inbox::is_ignored;
 use crate::batch::State;
 use crate::config::{Loaded, PathsConfig, Readiness, Route, WatchConfig};
 use crate::folders::{self, folder_name, parse_claimed};
-use crate::lifecycle::{self, Held, Lifecycle, LifecycleError, Locks, Outcome};
+use crate::lifecycle::{self, Guard, Held, Lifecycle, LifecycleError, Locks, Outcome};
 use crate::store::{BatchRecord, Store, StoreError};
 use crate::telemetry::blocking;
 use std::collections::HashMap;
@@ -44,6 +44,8 @@ pub enum DaemonError {
     Lock(#[from] lifecycle::LockError),
     #[error("jumio-batchd is already running as {holder} on the state database {}; stop it first (or give this one its own [state] database)", database.display())]
     AlreadyRunning { holder: lifecycle::Holder, database: PathBuf },
+    #[error("a daemon with host id {host} is already running in the fleet (PID {pid}, its last heartbeat at {at}); give each daemon its own [fleet] host_id, or stop that one first")]
+    HostIdTaken { host: String, pid: i64, at: String },
     #[error("inbox {} does not exist or is not a folder; create it (or mount the share) and start again", .0.display())]
     NoInbox(PathBuf),
     #[error("cannot {what} {}: {source}; check that it exists and this user may read and write it", path.display())]
@@ -77,10 +79,10 @@ pub struct Daemon {
     /// Where batches are dropped: one inbox per route (and, with named routes, `[paths] inbox`
     /// itself, where a batch belongs to no route).
     inboxes: Vec<Inbox>,
-    database: PathBuf,
-    /// (device, inode) of the database file at start.
-    database_file: Option<(u64, u64)>,
-    _lock: Held,
+    /// SQLite: the database file and its (device, inode) at start; `None` in fleet mode.
+    database: Option<(PathBuf, Option<(u64, u64)>)>,
+    /// SQLite: one daemon per database (fleet mode: leases instead, and a row in `hosts`).
+    _lock: Option<Held>,
 }
 
 /// What one step did and when the next is due at the latest.
@@ -131,17 +133,30 @@ impl Daemon {
     pub async fn start(loaded: &Loaded, new_database: bool) -> Result<Daemon, DaemonError> {
         let paths = loaded.paths()?.clone();
         let routes = loaded.routes()?;
-        let database = &loaded.config.state.database;
-        let lock =
-            Locks::beside(database).daemon()?.map_err(|holder| DaemonError::AlreadyRunning { holder, database: database.clone() })?;
+        let state = &loaded.config.state;
+        let fleet = state.postgres_url().is_some();
+        let database = &state.database;
+        let lock = match fleet {
+            true => None,
+            false => Some(
+                Locks::beside(database).daemon()?.map_err(|holder| DaemonError::AlreadyRunning { holder, database: database.clone() })?,
+            ),
+        };
         prepare_folders(&paths, &routes)?;
-        if !database.exists() && !new_database {
+        if !fleet && !database.exists() && !new_database {
             if let Some(history) = [&paths.work, &paths.done, &paths.failed, &paths.rejected].into_iter().find(|d| holds_anything(d)) {
                 return Err(DaemonError::DatabaseMissing { database: database.clone(), history: history.clone() });
             }
         }
-        let store = Store::open(database).await?;
-        let database_file = file_identity(database);
+        let store = Store::connect(state, &loaded.config.fleet).await?;
+        if let Some(fleet) = store.fleet().cloned() {
+            if let Some(other) = store.register_host(std::process::id(), fleet.lease).await? {
+                return Err(DaemonError::HostIdTaken { host: other.host_id, pid: other.pid, at: other.heartbeat_at.to_rfc3339() });
+            }
+            tokio::spawn(host_heartbeat(store.clone(), fleet.lease / 3));
+            tracing::info!(host_id = %fleet.host, lease_secs = fleet.lease.as_secs(), database = %state.shown(), "fleet mode: sharing the state database");
+        }
+        let database = (!fleet).then(|| (database.clone(), file_identity(database)));
         let inboxes = inboxes(&paths, &routes);
         let life = Lifecycle::new(store, &loaded.config, routes, Arc::new(AtomicBool::new(false)));
         forget_unclaimed(&life, &paths.work).await?;
@@ -156,15 +171,14 @@ impl Daemon {
             held_back: HashMap::new(),
             troubled: 0,
             inboxes,
-            database: database.clone(),
-            database_file,
+            database,
             _lock: lock,
         })
     }
 
-    /// False once the database file was deleted or replaced under the running daemon.
+    /// False once the database file was deleted or replaced under the running daemon (SQLite).
     pub fn database_is_ours(&self) -> bool {
-        file_identity(&self.database) == self.database_file
+        self.database.as_ref().is_none_or(|(path, identity)| file_identity(path) == *identity)
     }
 
     pub fn store(&self) -> &Store {
@@ -210,7 +224,15 @@ impl Daemon {
             if parse_claimed(&name).is_some_and(|(id, _)| self.running.contains_key(&id)) {
                 continue;
             }
-            let Some((record, dir)) = self.identify(&dir, &name).await? else { continue };
+            let Some((record, dir, guard)) = self.identify(&dir, &name).await? else { continue };
+            if guard.is_none() {
+                // Fleet mode: another host works this batch; look again when its lease would end.
+                if let (Some(_), Some(until)) = (record.held_by(), record.lease_expires_at) {
+                    let left = (until - chrono::Utc::now()).to_std().unwrap_or_default();
+                    step.wake_by(now + left.max(Duration::from_secs(1)));
+                    continue;
+                }
+            }
             if let Some(&until) = self.held_back.get(&record.id) {
                 if until > now {
                     step.wake_by(until);
@@ -224,21 +246,26 @@ impl Daemon {
                     continue;
                 }
             }
-            self.spawn(record.id, dir);
+            self.spawn(record.id, dir, guard);
             resumed += 1;
         }
         Ok(resumed)
     }
 
     /// The record a folder in work/ belongs to: by the id in its name, else adopted.
-    async fn identify(&self, dir: &Path, name: &str) -> Result<Option<(BatchRecord, PathBuf)>, DaemonError> {
+    async fn identify(&self, dir: &Path, name: &str) -> Result<Option<(BatchRecord, PathBuf, Option<Guard>)>, DaemonError> {
         if let Some((id, dropped)) = parse_claimed(name) {
             if let Some(record) = self.life.store.get(id).await?.filter(|r| r.name == dropped) {
-                return Ok(Some((record, dir.to_path_buf())));
+                return Ok(Some((record, dir.to_path_buf(), None)));
+            }
+            if self.life.store.fleet().is_some() {
+                // Another host's claim whose record is not committed yet, or a folder of another
+                // database: never adopted by a host of the fleet.
+                return Ok(None);
             }
         }
         match self.life.adopt(dir, &self.paths.work).await {
-            Ok(found) => Ok(found.inspect(|(record, _)| {
+            Ok(found) => Ok(found.inspect(|(record, _, _)| {
                 tracing::info!(batch = %record.name, id = record.id, "a folder in work/ without its record id: adopted");
             })),
             Err(e) => {
@@ -306,10 +333,10 @@ impl Daemon {
                 }
             };
             match self.life.claim(&src, &name, &paths.work, &route).await {
-                Ok(Some((record, dir))) => {
+                Ok(Some((record, dir, guard))) => {
                     tracing::info!(batch = %record.name, id = record.id, route = route.label(), "claimed from the inbox");
                     step.claimed += 1;
-                    self.spawn(record.id, dir);
+                    self.spawn(record.id, dir, Some(guard));
                 }
                 Ok(None) => tracing::info!(batch = %name, "left the inbox before it could be claimed"),
                 Err(e) => {
@@ -338,10 +365,17 @@ impl Daemon {
         }
     }
 
-    fn spawn(&mut self, id: i64, dir: PathBuf) {
+    /// Works batch `id` in a task of its own (already held when claimed just now).
+    fn spawn(&mut self, id: i64, dir: PathBuf, guard: Option<Guard>) {
         self.running.insert(id, dir.clone());
         let (life, paths) = (self.life.clone(), self.paths.clone());
-        let handle = self.tasks.spawn(async move { (id, life.work(id, &dir, &paths).await) });
+        let handle = self.tasks.spawn(async move {
+            let outcome = match guard {
+                Some(guard) => life.work_held(id, &dir, &paths, guard).await,
+                None => life.work(id, &dir, &paths).await,
+            };
+            (id, outcome)
+        });
         self.task_of.insert(handle.id(), id);
     }
 
@@ -356,8 +390,13 @@ impl Daemon {
                 }
                 Ok((_, Ok(_))) => {}
                 Ok((_, Err(e))) => {
-                    tracing::error!(id, "{e}; will try again in {} s", ERROR_BACKOFF.as_secs());
-                    self.held_back.insert(id, Instant::now() + ERROR_BACKOFF);
+                    // The database out of reach (a restart, the network): soon again, not in a minute.
+                    let backoff = match e {
+                        LifecycleError::Store(_) => Duration::from_secs(self.watch.poll_secs).min(ERROR_BACKOFF),
+                        _ => ERROR_BACKOFF,
+                    };
+                    tracing::error!(id, "{e}; will try again in {} s", backoff.as_secs());
+                    self.held_back.insert(id, Instant::now() + backoff);
                     self.troubled += 1;
                 }
                 Err(panic) => {
@@ -479,7 +518,15 @@ pub async fn run(loaded: &Loaded, shutdown: impl Future<Output = ()>, once: bool
             daemon.shutdown(Duration::from_secs(SHUTDOWN_GRACE_SECS)).await;
             return Err(DaemonError::DatabaseGone(loaded.config.state.database.clone()));
         }
-        let step = daemon.step().await?;
+        let step = match daemon.step().await {
+            Ok(step) => step,
+            // The database out of reach: the batches in flight wait for it; so does the loop.
+            Err(DaemonError::Store(e)) if !once => {
+                tracing::warn!("{e}; trying again in {} s", poll.as_secs());
+                Step { wake_at: Some(Instant::now() + poll), ..Step::default() }
+            }
+            Err(e) => return Err(e),
+        };
         daemon.publish_metrics(&step).await;
         let line = daemon.status_line().await;
         if line != last_status {
@@ -511,6 +558,9 @@ pub async fn run(loaded: &Loaded, shutdown: impl Future<Output = ()>, once: bool
             Some(_) = daemon.join_next(), if daemon.in_flight() > 0 => {}
             _ = tokio::time::sleep(wake), if !(once && daemon.in_flight() > 0) => {}
         }
+    }
+    if let Err(e) = daemon.store().unregister_host(std::process::id()).await {
+        tracing::warn!("cannot take this host out of the fleet's list ({e}); it drops out when its heartbeat stops");
     }
     daemon.store().close().await;
     tracing::info!("jumio-batchd stopped");
@@ -548,6 +598,16 @@ fn prepare_folders(paths: &PathsConfig, routes: &[Route]) -> Result<(), DaemonEr
         return Err(DaemonError::DifferentFilesystems { inbox: paths.inbox.clone(), work: paths.work.clone() });
     }
     Ok(())
+}
+
+/// Fleet mode: this daemon's row in `hosts` says it is alive (`check` lists the live hosts).
+async fn host_heartbeat(store: Store, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = store.host_heartbeat(std::process::id()).await {
+            tracing::warn!("cannot renew this host's heartbeat in the fleet ({e}); will try again");
+        }
+    }
 }
 
 fn holds_anything(dir: &Path) -> bool {

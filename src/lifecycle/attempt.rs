@@ -105,9 +105,9 @@ impl Lifecycle {
         }
         let _reporter = AbortOnDrop(tokio::spawn(report_progress(self.store.clone(), record.id, progress.clone())));
         let (root, list, stop) = (claim.dir.clone(), claim.checked.files.clone(), self.stop.clone());
-        let (digests, pool) = (claim.digests.clone(), self.pool.clone());
+        let (digests, pool, fence) = (claim.digests.clone(), self.pool.clone(), claim.guard.fence());
         let uuid = record.remote_uuid.clone().expect("an uploading batch has a UUID");
-        blocking(move || ship::ship(&cfg, &pool, &root, &list, &digests, &uuid, &progress, &stop)).await
+        blocking(move || ship::ship(&cfg, &pool, &root, &list, &digests, &uuid, &progress, &stop, &*fence)).await
     }
 
     async fn finish(
@@ -120,6 +120,11 @@ impl Lifecycle {
         let error = match result {
             Ok(shipment) => return self.submitted(record, claim, shipment, started).await,
             Err(ShipError::Interrupted) => return Ok(Outcome::Interrupted { record }),
+            // Another host may be finishing the batch: this one changes nothing more.
+            Err(ShipError::LeaseLost) => {
+                tracing::warn!(batch = %record.name, id = record.id, "{}", ShipError::LeaseLost);
+                return Ok(Outcome::Interrupted { record });
+            }
             Err(e) => e,
         };
         let attempts = u32::try_from(record.attempts).unwrap_or(u32::MAX);
@@ -127,15 +132,27 @@ impl Lifecycle {
             let reason =
                 if error.is_permanent() { error.to_string() } else { format!("gave up after {attempts} attempt(s); last error: {error}") };
             let change = Change { last_error: Some(reason), ..Change::default() };
-            let moved = self.store.transition(record.id, State::Uploading, State::Failed, change).await?;
-            return Ok(Outcome::Failed { record: moved.unwrap_or(record) });
+            return match self.store.transition(record.id, State::Uploading, State::Failed, change).await? {
+                Some(moved) => Ok(Outcome::Failed { record: moved }),
+                None => self.moved_elsewhere(record).await,
+            };
         }
         let delay = self.retry.delay(attempts, &mut rand::thread_rng());
         let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
         let change = Change { last_error: Some(error.to_string()), next_attempt_at: Some(next), ..Change::default() };
-        let moved = self.store.transition(record.id, State::Uploading, State::RetryWait, change).await?;
+        let Some(moved) = self.store.transition(record.id, State::Uploading, State::RetryWait, change).await? else {
+            return self.moved_elsewhere(record).await;
+        };
         crate::metrics::retried();
-        Ok(Outcome::RetryWait { record: moved.unwrap_or(record) })
+        Ok(Outcome::RetryWait { record: moved })
+    }
+
+    /// The record changed under this attempt (fleet mode: the lease ran out and another host
+    /// took the batch over): nothing more is done or filed here.
+    async fn moved_elsewhere(&self, record: BatchRecord) -> Result<Outcome, LifecycleError> {
+        tracing::warn!(batch = %record.name, id = record.id, "the batch's record changed under this attempt (another host holds it now); leaving it");
+        let now = self.store.get(record.id).await?.unwrap_or(record);
+        Ok(Outcome::Interrupted { record: now })
     }
 
     async fn submitted(
@@ -145,13 +162,18 @@ impl Lifecycle {
         shipment: ship::Shipment,
         started: Instant,
     ) -> Result<Outcome, LifecycleError> {
+        if !claim.guard.holds() {
+            return self.moved_elsewhere(record).await;
+        }
         self.store.record_shipped(record.id, &shipment.files_sha256).await?;
         let change = Change {
             remote_dir: Some(shipment.remote_dir.clone()),
             fingerprint: Some(fingerprint::fingerprint(&claim.checked.files, &shipment.files_sha256)),
             ..Change::default()
         };
-        let moved = self.store.transition(record.id, State::Uploading, State::Submitted, change).await?.unwrap_or(record);
+        let Some(moved) = self.store.transition(record.id, State::Uploading, State::Submitted, change).await? else {
+            return self.moved_elsewhere(record).await;
+        };
         let receipt = Receipt::of(&moved, shipment.files_sha256, started.elapsed().as_secs_f64(), shipment.already_submitted);
         let receipt = self.linked(&moved, receipt).await?;
         if !shipment.already_submitted {

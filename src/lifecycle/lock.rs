@@ -20,16 +20,23 @@ pub struct LockError {
 pub struct Holder {
     pub pid: Option<u32>,
     pub since: Option<String>,
+    /// Fleet mode: the host holding the batch's lease, and until when.
+    pub host: Option<String>,
+    pub until: Option<String>,
 }
 
 impl std::fmt::Display for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.pid {
-            Some(pid) => write!(f, "PID {pid}")?,
-            None => f.write_str("another process")?,
+        match (&self.host, self.pid) {
+            (Some(host), _) => write!(f, "host {host}")?,
+            (None, Some(pid)) => write!(f, "PID {pid}")?,
+            (None, None) => f.write_str("another process")?,
         }
         if let Some(since) = &self.since {
             write!(f, " since {since}")?;
+        }
+        if let Some(until) = &self.until {
+            write!(f, " (its lease runs until {until})")?;
         }
         Ok(())
     }
@@ -125,7 +132,7 @@ fn read_holder(file: &mut File) -> Holder {
     let mut lines = text.lines();
     let pid = lines.next().and_then(|l| l.trim().parse().ok());
     let since = lines.next().and_then(|l| DateTime::parse_from_rfc3339(l.trim()).ok()).map(|t| t.to_rfc3339());
-    Holder { pid, since }
+    Holder { pid, since, host: None, until: None }
 }
 
 #[cfg(test)]

@@ -7,12 +7,14 @@
 
 mod attempt;
 mod filing;
+mod lease;
 mod lock;
 mod parts;
 mod resubmit;
 
 pub use attempt::{duplicate_message, wait_for};
 pub use filing::{file_loose, file_unrouted, ERRORS_FILE, FAILED_FILE, RECEIPT_FILE, REJECTED_FILE};
+pub use lease::Lease;
 pub use lock::{Held, Holder, LockError, Locks};
 pub use resubmit::{Prepared, ResubmitError};
 
@@ -21,7 +23,7 @@ use crate::config::{Config, PathsConfig, RetryConfig, Route};
 use crate::fingerprint;
 use crate::folders::{self, claimed_name, folder_name};
 use crate::receipt::{Part, Receipt};
-use crate::ship::Pool;
+use crate::ship::{Fence, Pool, Unfenced};
 use crate::store::{BatchRecord, Change, Contents, Origin, Store, StoreError};
 use crate::telemetry::blocking;
 use crate::validate::{self, Report, Validated};
@@ -84,7 +86,39 @@ pub struct Claim {
     pub checked: Validated,
     /// sha256 of each file as it was checked: what the upload must send.
     pub digests: BTreeMap<String, String>,
-    _lock: Held,
+    /// Shared with the task that files the outcome: held until the folder is filed.
+    guard: Arc<Guard>,
+}
+
+/// This process's hold on one batch: a kernel lock (one host, SQLite) or a lease in the shared
+/// database (fleet mode). Whoever holds it is the only one working the batch.
+#[derive(Debug)]
+pub enum Guard {
+    Lock(Held),
+    Lease(Lease),
+}
+
+impl Guard {
+    /// What the upload checks before it writes: a lease must still be ours; a lock always is.
+    pub fn fence(&self) -> Arc<dyn Fence> {
+        match self {
+            Guard::Lock(_) => Arc::new(Unfenced),
+            Guard::Lease(lease) => lease.fence(),
+        }
+    }
+
+    /// Still ours by this process's clock (a lease: more than a quarter of it left).
+    pub fn holds(&self) -> bool {
+        self.fence().holds()
+    }
+
+    /// Still ours, asked of the database now (a lease is renewed): before a folder is filed.
+    pub async fn confirm(&self) -> bool {
+        match self {
+            Guard::Lock(_) => true,
+            Guard::Lease(lease) => lease.confirm().await,
+        }
+    }
 }
 
 /// What `admit` found: a batch to ship, or an answer already.
@@ -122,7 +156,7 @@ impl Lifecycle {
     pub fn new(store: Store, config: &Config, routes: Vec<Route>, stop: Arc<AtomicBool>) -> Lifecycle {
         let connections: usize = routes.iter().map(|r| r.sftp.connections).sum();
         let idle = routes.iter().map(|r| r.sftp.pool_idle_secs).max().unwrap_or_default();
-        let database = &config.state.database;
+        let database = &config.state.local_base();
         Lifecycle {
             store,
             retry: config.retry.clone(),
@@ -172,15 +206,15 @@ impl Lifecycle {
             return Ok(Admitted::Finished(Box::new(Outcome::Rejected { record, report: checked.report })));
         }
         if let Some(found) = self.store.find_unfinished(&source, &key, tenant).await? {
-            let lock = match self.locks.batch(found.id)? {
-                Ok(lock) => lock,
+            let guard = match self.hold(found.id).await? {
+                Ok(guard) => guard,
                 Err(holder) => return Ok(Admitted::Finished(Box::new(Outcome::Busy { record: found, holder }))),
             };
             // Read again under the lock: whoever held it last may have finished the batch.
             let record = self.store.get(found.id).await?.ok_or(LifecycleError::NoRecord { id: found.id })?;
             if !record.state.is_finished() || record.state == State::Failed {
                 let record = self.reopen(record).await?;
-                return Ok(Admitted::Ready(Box::new(Claim { record, dir: dir.to_path_buf(), checked, digests, _lock: lock })));
+                return Ok(Admitted::Ready(Box::new(Claim { record, dir: dir.to_path_buf(), checked, digests, guard: Arc::new(guard) })));
             }
         }
         if let Some(record) = self.store.submitted_from(&source, &key, tenant).await?.filter(|_| !allow_duplicate) {
@@ -188,26 +222,32 @@ impl Lifecycle {
             return Ok(Admitted::Finished(Box::new(Outcome::AlreadySubmitted { record, receipt })));
         }
         let record = self.store.insert(&name, &source, &origin, &contents).await?;
-        let lock = self.locks.batch(record.id)?.unwrap_or_else(|holder| panic!("bug: a new batch is locked by {holder}"));
+        let guard = self.hold(record.id).await?.unwrap_or_else(|holder| panic!("bug: a new batch is held by {holder}"));
         let record = self.store.transition(record.id, State::Discovered, State::Validated, Change::default()).await?.unwrap_or(record);
-        Ok(Admitted::Ready(Box::new(Claim { record, dir: dir.to_path_buf(), checked, digests, _lock: lock })))
+        Ok(Admitted::Ready(Box::new(Claim { record, dir: dir.to_path_buf(), checked, digests, guard: Arc::new(guard) })))
     }
 
-    /// The daemon claims `src` from the inbox: a record first, then the folder moves to
-    /// `work/<id>.<name>`. `None` when the folder was gone before it could move.
+    /// The daemon claims `src` from the inbox: a record first (held by this process from the
+    /// start), then the folder moves to `work/<id>.<name>`. `None` when the folder was gone
+    /// before it could move (another host of the fleet may have claimed it).
     pub async fn claim(
         &self,
         src: &Path,
         name: &str,
         work: &Path,
         route: &Route,
-    ) -> Result<Option<(BatchRecord, PathBuf)>, LifecycleError> {
+    ) -> Result<Option<(BatchRecord, PathBuf, Guard)>, LifecycleError> {
         let origin = Lifecycle::origin(route);
-        let record = self.store.claim(name, &origin, |id| work.join(claimed_name(id, name)).display().to_string()).await?;
+        let sent = std::time::Instant::now();
+        let (record, token) = self.store.claim(name, &origin, |id| work.join(claimed_name(id, name)).display().to_string()).await?;
+        let guard = match token {
+            Some(token) => Guard::Lease(Lease::held(&self.store, record.id, token, sent)),
+            None => Guard::Lock(self.locks.batch(record.id)?.unwrap_or_else(|holder| panic!("bug: a new batch is locked by {holder}"))),
+        };
         let (from, to) = (src.to_path_buf(), PathBuf::from(&record.source_path));
         let moved = rename(&from, &to).await;
         match moved {
-            Ok(()) => Ok(Some((record, to))),
+            Ok(()) => Ok(Some((record, to, guard))),
             Err(source) => {
                 self.store.forget_unclaimed(record.id).await?;
                 match source.kind() {
@@ -220,12 +260,12 @@ impl Lifecycle {
 
     /// A folder in work/ without the id form: left by an earlier version (its unfinished
     /// record is adopted, so it resumes into its own UUID) or put there by hand (claimed anew).
-    pub async fn adopt(&self, dir: &Path, work: &Path) -> Result<Option<(BatchRecord, PathBuf)>, LifecycleError> {
+    pub async fn adopt(&self, dir: &Path, work: &Path) -> Result<Option<(BatchRecord, PathBuf, Option<Guard>)>, LifecycleError> {
         let name = folder_name(dir);
         let Some(record) = self.store.unfinished_at(&source_path(dir)).await? else {
             // Put there by hand: its tenant is known only when there is one route.
             return match &self.routes[..] {
-                [only] if only.name.is_none() => self.claim(dir, &name, work, only).await,
+                [only] if only.name.is_none() => Ok(self.claim(dir, &name, work, only).await?.map(|(r, d, g)| (r, d, Some(g)))),
                 _ => Err(LifecycleError::UnknownRoute {
                     name,
                     route: "(none: it was put into work/ by hand; move it into a route's inbox)".into(),
@@ -236,27 +276,42 @@ impl Lifecycle {
         let moved = rename(&from, &to).await;
         moved.map_err(|source| moving("adopt", &from, &to, source))?;
         self.store.set_source_path(record.id, &to.display().to_string()).await?;
-        Ok(Some((record, to)))
+        Ok(Some((record, to, None)))
     }
 
     /// The daemon's task for batch `id` in `dir` (in work/): one step of its life, and its folder
     /// filed into `drops` when that step finished it.
     pub async fn work(&self, id: i64, dir: &Path, drops: &PathsConfig) -> Result<Outcome, LifecycleError> {
-        let lock = match self.locks.batch(id)? {
-            Ok(lock) => lock,
+        let guard = match self.hold(id).await? {
+            Ok(guard) => guard,
             Err(holder) => return Ok(Outcome::Busy { record: self.record(id).await?, holder }),
         };
-        self.work_held(id, dir, drops, lock).await
+        self.work_held(id, dir, drops, guard).await
     }
 
-    /// `work` with the batch's lock already taken.
-    pub async fn work_held(&self, id: i64, dir: &Path, drops: &PathsConfig, lock: Held) -> Result<Outcome, LifecycleError> {
+    /// This process's hold on batch `id`, or who holds it: the batch's kernel lock, or in
+    /// fleet mode its lease.
+    pub async fn hold(&self, id: i64) -> Result<Result<Guard, Holder>, LifecycleError> {
+        if self.store.fleet().is_some() {
+            return Ok(Lease::take(&self.store, id).await?.map(Guard::Lease));
+        }
+        Ok(self.locks.batch(id)?.map(Guard::Lock))
+    }
+
+    /// `work` with the batch already held (until its folder is filed).
+    pub async fn work_held(&self, id: i64, dir: &Path, drops: &PathsConfig, guard: Guard) -> Result<Outcome, LifecycleError> {
+        let guard = Arc::new(guard);
         let record = self.record(id).await?;
         crate::failpoint::panic_once("batch_task");
         let outcome = match record.state {
             state if state.is_finished() => self.recover(record, dir).await?,
-            _ => self.advance(record, dir, lock).await?,
+            _ => self.advance(record, dir, guard.clone()).await?,
         };
+        if outcome_summary(&outcome).is_some() && !guard.confirm().await {
+            // Fleet mode: the lease ran out meanwhile; whoever holds it now files the folder.
+            tracing::warn!(batch = %outcome_record(&outcome).name, id, "this host's lease ran out before the batch was filed; left to the host that holds it now");
+            return Ok(Outcome::Interrupted { record: self.record(id).await? });
+        }
         if let Some(to) = self.file(&outcome, dir, drops).await? {
             tracing::info!(batch = %outcome_record(&outcome).name, id, to = %to.display(), "filed");
         }
@@ -264,7 +319,7 @@ impl Lifecycle {
     }
 
     /// Validates (again) and makes one upload attempt of an unfinished batch.
-    async fn advance(&self, record: BatchRecord, dir: &Path, lock: Held) -> Result<Outcome, LifecycleError> {
+    async fn advance(&self, record: BatchRecord, dir: &Path, guard: Arc<Guard>) -> Result<Outcome, LifecycleError> {
         let mut checked = self.validate(dir).await?;
         checked.report.batch = record.name.clone();
         let (key, digests) = match self.digest(&record.name, dir, &checked).await {
@@ -286,7 +341,7 @@ impl Lifecycle {
         } else {
             record
         };
-        let mut claim = Claim { record, dir: dir.to_path_buf(), checked, digests, _lock: lock };
+        let mut claim = Claim { record, dir: dir.to_path_buf(), checked, digests, guard };
         self.attempt(&mut claim, false).await
     }
 
@@ -332,8 +387,8 @@ impl Lifecycle {
     /// After a panic in its task: the batch fails with the reason (never retried forever) and
     /// its folder is filed in failed/. Returns where it went.
     pub async fn fail_abandoned(&self, id: i64, dir: &Path, drops: &PathsConfig, why: &str) -> Result<Outcome, LifecycleError> {
-        let _lock = match self.locks.batch(id)? {
-            Ok(lock) => lock,
+        let _guard = match self.hold(id).await? {
+            Ok(guard) => guard,
             Err(holder) => return Ok(Outcome::Busy { record: self.record(id).await?, holder }),
         };
         let record = self.record(id).await?;

@@ -113,8 +113,8 @@ impl Lifecycle {
                 self.store.insert(&part.name, &source, &origin, &contents_of(&key, &checked)).await?
             }
         };
-        let lock = match self.locks.batch(record.id)? {
-            Ok(lock) => lock,
+        let guard = match self.hold(record.id).await? {
+            Ok(guard) => guard,
             Err(holder) => return Ok(Outcome::Busy { record, holder }),
         };
         let record = match record.state {
@@ -123,7 +123,7 @@ impl Lifecycle {
             }
             _ => record,
         };
-        let mut claim = Claim { record, dir: part.folder.clone(), checked, digests, _lock: lock };
+        let mut claim = Claim { record, dir: part.folder.clone(), checked, digests, guard: std::sync::Arc::new(guard) };
         // The batch's duplicate guard covered its parts: one part is never refused for another.
         self.attempt(&mut claim, true).await
     }

@@ -4,7 +4,7 @@
 //! then worked like any batch: its own UUID, DONE last, filed into done/. The same
 //! resubmission asked for again resumes (or answers "already submitted"), never ships twice.
 
-use super::{Held, Lifecycle, LifecycleError, Outcome};
+use super::{Guard, Lifecycle, LifecycleError, Outcome};
 use crate::batch::{Kind, State};
 use crate::derive::{self, DeriveError};
 use crate::folders::{claimed_name, rename_no_replace};
@@ -34,7 +34,7 @@ pub enum ResubmitError {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Prepared {
-    Ready { record: BatchRecord, dir: PathBuf, lock: Held },
+    Ready { record: BatchRecord, dir: PathBuf, lock: Guard },
     Finished(Box<Outcome>),
 }
 
@@ -81,7 +81,7 @@ impl Lifecycle {
                 && !key.is_empty()
                 && c.state != State::Rejected
         });
-        let (record, dir) = match earlier {
+        let (record, dir, held) = match earlier {
             Some(record) if record.state == State::Submitted => {
                 let _ = remove_built().await;
                 let receipt = self.stored_receipt(&record).await?;
@@ -89,18 +89,25 @@ impl Lifecycle {
             }
             Some(record) => {
                 let dir = work.join(claimed_name(record.id, &record.name));
-                (record, dir)
+                (record, dir, None)
             }
             None => {
                 let route = self.route(original)?;
                 let mut origin = Origin::made_from(original, Kind::Resubmission, from_row, rows, None);
                 origin.tenant = origin.tenant.or_else(|| Some(route.tenant()));
-                let record = self.store.claim(&name, &origin, |id| work.join(claimed_name(id, &name)).display().to_string()).await?;
+                let sent = std::time::Instant::now();
+                let (record, token) =
+                    self.store.claim(&name, &origin, |id| work.join(claimed_name(id, &name)).display().to_string()).await?;
                 let dir = PathBuf::from(&record.source_path);
-                (record, dir)
+                let lease = token.map(|token| Guard::Lease(super::Lease::held(&self.store, record.id, token, sent)));
+                (record, dir, lease)
             }
         };
-        let lock = match self.locks.batch(record.id).map_err(LifecycleError::from)? {
+        let held = match held {
+            Some(lease) => Ok(lease),
+            None => self.hold(record.id).await?,
+        };
+        let lock = match held {
             Ok(lock) => lock,
             Err(holder) => {
                 let _ = remove_built().await;

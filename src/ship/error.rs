@@ -51,6 +51,8 @@ pub enum ShipError {
     Ssh { what: String, message: String },
     #[error("stopped before DONE: shutdown requested")]
     Interrupted,
+    #[error("stopped before DONE: this host's lease on the batch ran out (a pause, or the database out of reach); another host may finish it into the same folder")]
+    LeaseLost,
 }
 
 impl ShipError {

@@ -13,4 +13,4 @@ mod wire;
 pub use error::ShipError;
 pub use pool::Pool;
 pub use session::{check_private_key, Connection};
-pub use upload::{probe, remote_join, ship, Progress, Shipment, DONE_FILE};
+pub use upload::{probe, remote_join, ship, Fence, Progress, Shipment, Unfenced, DONE_FILE};

@@ -42,10 +42,32 @@ pub struct Shipment {
     pub already_submitted: bool,
 }
 
+/// What lets a shipment go on writing: in fleet mode the batch's lease (`lifecycle::Lease`),
+/// else nothing (`Unfenced`). Checked before every write to the server.
+pub trait Fence: Send + Sync {
+    /// This process may still write for the batch.
+    fn holds(&self) -> bool;
+    /// Renews the hold now: true when it lasts long enough for DONE to reach the server.
+    fn confirm(&self) -> bool;
+}
+
+/// A shipment no other process can take over (one host: the batch's kernel lock).
+pub struct Unfenced;
+
+impl Fence for Unfenced {
+    fn holds(&self) -> bool {
+        true
+    }
+    fn confirm(&self) -> bool {
+        true
+    }
+}
+
 /// Ships `files` (paths relative to `root`) into `remote_dir/uuid`, resuming whatever an
 /// earlier attempt left there. `checked` holds the sha256 of each file as it was checked: a file
 /// whose bytes differ now fails the shipment before DONE. `stop` makes it end at the next file
-/// boundary, before DONE. Sessions come from `pool` and go back to it when all went well.
+/// boundary, before DONE; a `fence` that no longer holds ends it before the next write.
+/// Sessions come from `pool` and go back to it when all went well.
 #[allow(clippy::too_many_arguments)]
 pub fn ship(
     cfg: &SftpConfig,
@@ -56,11 +78,12 @@ pub fn ship(
     uuid: &str,
     progress: &Progress,
     stop: &AtomicBool,
+    fence: &dyn Fence,
 ) -> Result<Shipment, ShipError> {
     let folder = remote_join(&cfg.remote_dir, uuid);
     progress.files_total.store(files.len() as u64, Ordering::Relaxed);
     progress.bytes_total.store(files.iter().map(|f| f.size).sum(), Ordering::Relaxed);
-    let crew = Crew::new(root, &folder, checked, progress, stop);
+    let crew = Crew::new(root, &folder, checked, progress, stop, fence);
     // Every session opens at once: a handshake is several round trips, which helpers opened
     // only once the folder exists would add to every batch.
     let bytes: u64 = files.iter().map(|f| f.size).sum();
@@ -80,6 +103,10 @@ pub fn ship(
         let helpers = helped.into_iter().collect::<Result<Vec<_>, ShipError>>()?;
         Ok((lead, helpers))
     })?;
+    // A lease that ran out meanwhile: not even "already submitted" is this process's to say.
+    if !fence.holds() {
+        return Err(ShipError::LeaseLost);
+    }
     let (main, kept, uploaded) = match lead {
         Lead::Submitted(main) => {
             give_back(cfg, pool, main, helpers);
@@ -90,6 +117,9 @@ pub fn ship(
     // Stopped: not even the files kept from an earlier attempt are hashed.
     if stop.load(Ordering::SeqCst) {
         return Err(ShipError::Interrupted);
+    }
+    if !fence.holds() {
+        return Err(ShipError::LeaseLost);
     }
     let mut files_sha256 = crew.hashes.into_inner().unwrap_or_else(|p| p.into_inner());
     for file in kept {
@@ -102,6 +132,9 @@ pub fn ship(
     }
     all_verified(files, &files_sha256, &folder)?;
     failpoint::hit("before_done");
+    if !fence.confirm() {
+        return Err(ShipError::LeaseLost);
+    }
     let wrote = write_done(&main, &folder)?;
     failpoint::hit("after_done");
     give_back(cfg, pool, main, helpers);
@@ -148,6 +181,9 @@ fn lead<'a>(cfg: &SftpConfig, pool: &Pool, files: &'a [BatchFile], crew: &Crew<'
     if present.contains_key(DONE_FILE) {
         return Ok(Lead::Submitted(main));
     }
+    if !crew.fence.holds() {
+        return Err(ShipError::LeaseLost);
+    }
     make_dirs(&main, crew.folder, files, &present)?;
     let (kept, mut todo): (Vec<&BatchFile>, Vec<&BatchFile>) = files.iter().partition(|f| present.get(&f.path) == Some(&f.size));
     todo.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
@@ -166,6 +202,7 @@ struct Crew<'a> {
     checked: &'a BTreeMap<String, String>,
     progress: &'a Progress,
     stop: &'a AtomicBool,
+    fence: &'a dyn Fence,
     /// The files to upload, set once by the lead; empty when it ended before handing any out.
     todo: OnceLock<Vec<&'a BatchFile>>,
     next: AtomicUsize,
@@ -189,6 +226,7 @@ impl<'a> Crew<'a> {
         checked: &'a BTreeMap<String, String>,
         progress: &'a Progress,
         stop: &'a AtomicBool,
+        fence: &'a dyn Fence,
     ) -> Crew<'a> {
         Crew {
             root,
@@ -196,6 +234,7 @@ impl<'a> Crew<'a> {
             checked,
             progress,
             stop,
+            fence,
             todo: OnceLock::new(),
             next: AtomicUsize::new(0),
             failed: AtomicBool::new(false),
@@ -222,7 +261,7 @@ impl<'a> Crew<'a> {
 
 impl pipeline::Files for Crew<'_> {
     fn take(&self) -> Option<&BatchFile> {
-        if self.failed.load(Ordering::SeqCst) || self.stop.load(Ordering::SeqCst) {
+        if self.failed.load(Ordering::SeqCst) || self.stop.load(Ordering::SeqCst) || !self.fence.holds() {
             return None;
         }
         let todo = self.todo.get().map(Vec::as_slice).unwrap_or_default();
@@ -243,7 +282,8 @@ impl pipeline::Files for Crew<'_> {
     }
 
     fn abandoned(&self) -> bool {
-        self.failed.load(Ordering::SeqCst)
+        // A lease that ran out stops the writes already queued too, not only new files.
+        self.failed.load(Ordering::SeqCst) || !self.fence.holds()
     }
 }
 

@@ -91,6 +91,11 @@ impl Drops {
     }
 
     pub fn spawn_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        self.spawn_config(&self.config, args, env)
+    }
+
+    /// `run` with another config file (a second host of a fleet, on these drop folders).
+    pub fn spawn_config(&self, config: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let log = self
             .root
             .path()
@@ -98,7 +103,7 @@ impl Drops {
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_jumio-batchd"))
             .arg("--config")
-            .arg(&self.config)
+            .arg(config)
             .arg("run")
             .args(args)
             .env_remove("JUMIO_BATCHD_FAILPOINT")
@@ -170,6 +175,11 @@ impl Daemon {
         let status = child.try_wait().unwrap()?;
         self.child = None;
         Some(status.code())
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT, ...) to the process.
+    pub fn signal(&self, signal: i32) {
+        unsafe { libc::kill(self.pid() as i32, signal) };
     }
 
     pub fn pid(&self) -> u32 {
