@@ -265,4 +265,9 @@ fn check_reports_the_database_its_migrations_and_the_live_hosts() {
     let mut twin = fleet.drops.spawn_config(&fleet.config("host-a"), &[], &[]);
     assert_eq!(twin.wait(), Some(2));
     assert!(twin.log_text().contains("host id host-a is already running"), "{}", twin.log_text());
+    // An empty database beside drop folders with history (a database dropped or replaced).
+    std::fs::create_dir_all(fleet.drops.dir("done/sent-last-week")).unwrap();
+    let mut late = fleet.drops.spawn_config(&fleet.config("host-c"), &[], &[]);
+    assert_eq!(late.wait(), Some(2));
+    assert!(late.log_text().contains("holds no batches"), "{}", late.log_text());
 }

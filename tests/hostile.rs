@@ -198,7 +198,12 @@ fn a_deleted_database_is_never_silently_replaced() {
     let mut refused = drops.spawn(&["--once"]);
     assert_eq!(refused.wait(), Some(2));
     let said = refused.log_text();
-    assert!(said.contains("does not exist, but") && said.contains("--new-database") && said.contains("Restore the database"), "{said}");
+    assert!(
+        said.contains("does not exist or holds no batches, but")
+            && said.contains("--new-database")
+            && said.contains("Restore the database"),
+        "{said}"
+    );
     assert_eq!(server.remote_folders().len(), 1, "nothing shipped a second time");
     assert_eq!(drops.names("inbox"), ["shipped"]);
 

@@ -54,7 +54,7 @@ pub enum DaemonError {
     DifferentFilesystems { inbox: PathBuf, work: PathBuf },
     #[error("{0} batch(es) could not be handled; the log above says why")]
     Troubled(usize),
-    #[error("the state database {} does not exist, but {} holds earlier batches: starting with an empty database would forget what was already submitted and could ship it again. Restore the database from a backup to that path, or, if it is truly lost, start once with `jumio-batchd run --new-database` (already submitted batches are then not recognised as duplicates)", database.display(), history.display())]
+    #[error("the state database {} does not exist or holds no batches, but {} holds earlier batches: starting with an empty database would forget what was already submitted and could ship it again. Restore the database from a backup to that path, or, if it is truly lost, start once with `jumio-batchd run --new-database` (already submitted batches are then not recognised as duplicates)", database.display(), history.display())]
     DatabaseMissing { database: PathBuf, history: PathBuf },
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
@@ -149,6 +149,12 @@ impl Daemon {
             }
         }
         let store = Store::connect(state, &loaded.config.fleet).await?;
+        if fleet && !new_database && store.counts().await?.is_empty() {
+            // A fleet's database emptied or replaced: the same refusal as a missing SQLite file.
+            if let Some(history) = [&paths.done, &paths.failed, &paths.rejected].into_iter().find(|d| holds_anything(d)) {
+                return Err(DaemonError::DatabaseMissing { database: PathBuf::from(state.shown()), history: history.clone() });
+            }
+        }
         if let Some(fleet) = store.fleet().cloned() {
             if let Some(other) = store.register_host(std::process::id(), fleet.lease).await? {
                 return Err(DaemonError::HostIdTaken { host: other.host_id, pid: other.pid, at: other.heartbeat_at.to_rfc3339() });
