@@ -546,12 +546,14 @@ impl Store {
         Ok(())
     }
 
-    /// Forgets a claim whose folder never reached work/ (pulled back, or a crash in between);
-    /// never one another host is claiming right now (its lease is live).
+    /// Forgets a claim whose folder never reached work/ (pulled back, or a crash in between; in
+    /// a fleet, another host renamed it first): this process's own claim, even one whose lease
+    /// ran out meanwhile, or one nobody holds; never one another host is claiming right now.
     pub async fn forget_unclaimed(&self, id: i64) -> Result<bool, StoreError> {
-        let sql = format!("DELETE FROM batches WHERE id = $1 AND state = 'discovered' AND {}", fenced(2));
+        let sql = "DELETE FROM batches WHERE id = $1 AND state = 'discovered'
+                     AND (lease_token = $2 OR lease_expires_at IS NULL OR lease_expires_at < CURRENT_TIMESTAMP)";
         let fence = self.fence(id);
-        let forgotten = on_db!(self, |pool| sqlx::query(&sql).bind(id).bind(fence).execute(pool).await?.rows_affected());
+        let forgotten = on_db!(self, |pool| sqlx::query(sql).bind(id).bind(fence).execute(pool).await?.rows_affected());
         if let Some(token) = fence {
             self.forget_fence(id, token);
         }

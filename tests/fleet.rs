@@ -271,3 +271,42 @@ fn check_reports_the_database_its_migrations_and_the_live_hosts() {
     assert_eq!(late.wait(), Some(2));
     assert!(late.log_text().contains("holds no batches"), "{}", late.log_text());
 }
+
+/// The store of host `id` on the test database (lease 3 s).
+async fn store_of(pg: &TestPostgres, id: &str, dir: &std::path::Path) -> jumio_batchd::store::Store {
+    let state = jumio_batchd::config::StateConfig {
+        database: pg.url().into(),
+        password_file: Some(pg.password_file(dir)),
+        local_dir: dir.to_path_buf(),
+    };
+    let fleet = jumio_batchd::config::FleetConfig { host_id: id.into(), lease_secs: 3 };
+    jumio_batchd::store::Store::connect(&state, &fleet).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_host_whose_lease_ran_out_changes_nothing_and_the_host_that_took_over_does() {
+    use jumio_batchd::batch::State;
+    use jumio_batchd::store::{Change, Origin};
+    let pg = TestPostgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (store_of(&pg, "host-a", dir.path()).await, store_of(&pg, "host-b", dir.path()).await);
+    let (claimed, token) = a.claim("daily", &Origin::default(), |id| format!("/share/work/{id}.daily")).await.unwrap();
+    assert_eq!(token, Some(1));
+    let held = b.acquire_lease(claimed.id).await.unwrap().unwrap_err();
+    assert_eq!(held.0.as_deref(), Some("host-a"), "host-b sees who holds it");
+    assert!(b.transition(claimed.id, State::Discovered, State::Failed, Change::default()).await.unwrap().is_none());
+    assert!(!b.forget_unclaimed(claimed.id).await.unwrap(), "nor may it forget host-a's claim");
+
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    assert!(!a.renew_lease(claimed.id, 1).await.unwrap(), "an expired lease is not renewed");
+    let taken = b.acquire_lease(claimed.id).await.unwrap().unwrap();
+    assert_eq!(taken, 2, "a new token for every holder");
+    assert!(a.transition(claimed.id, State::Discovered, State::Validated, Change::default()).await.unwrap().is_none());
+    let moved = b.transition(claimed.id, State::Discovered, State::Validated, Change::default()).await.unwrap().unwrap();
+    assert_eq!((moved.state, moved.holder.as_deref()), (State::Validated, Some("host-b")));
+    let history = b.events(claimed.id).await.unwrap();
+    let hosts: Vec<(State, Option<&str>)> = history.iter().map(|e| (e.to_state, e.host.as_deref())).collect();
+    assert_eq!(hosts, [(State::Discovered, Some("host-a")), (State::Validated, Some("host-b"))]);
+    b.release_lease(claimed.id, taken).await.unwrap();
+    assert_eq!(b.get(claimed.id).await.unwrap().unwrap().held_by(), None);
+}
