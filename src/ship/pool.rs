@@ -48,15 +48,21 @@ impl Pool {
         Connection::open(cfg)
     }
 
-    /// Keeps a connection for the next batch, unless it failed or the pool is full.
-    pub fn give(&self, cfg: &SftpConfig, conn: Connection) {
-        if conn.is_failed() {
-            return;
+    /// Keeps connections for the next batch, unless failed or the pool is full; the others are
+    /// closed, all at once.
+    pub fn give(&self, cfg: &SftpConfig, conns: impl IntoIterator<Item = Connection>) {
+        let mut closing = Vec::new();
+        {
+            let mut idle = self.lock();
+            for conn in conns {
+                if !conn.is_failed() && idle.len() < self.limit {
+                    idle.push(Idle { server: server_of(cfg), conn, since: Instant::now() });
+                } else {
+                    closing.push(conn);
+                }
+            }
         }
-        let mut idle = self.lock();
-        if idle.len() < self.limit {
-            idle.push(Idle { server: server_of(cfg), conn, since: Instant::now() });
-        }
+        close_all(closing);
     }
 
     /// Closes the connections idle past their time; the daemon calls it as it goes.
@@ -67,7 +73,7 @@ impl Pool {
             *idle = keep;
             expired
         };
-        drop(expired);
+        close_all(expired.into_iter().map(|i| i.conn).collect());
     }
 
     /// Connections idle now.
@@ -78,6 +84,26 @@ impl Pool {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        close_all(std::mem::take(&mut *self.lock()).into_iter().map(|i| i.conn).collect());
+    }
+}
+
+/// Closes connections at once, one thread each: a close (channel close, disconnect) waits about
+/// a round trip for the server, which one after the other would cost one round trip per session
+/// at the end of every shipment and of `send`.
+pub fn close_all(conns: Vec<Connection>) {
+    if conns.len() <= 1 {
+        return drop(conns);
+    }
+    std::thread::scope(|scope| {
+        for conn in conns {
+            scope.spawn(move || drop(conn));
+        }
+    });
 }
 
 /// Connections to one server as one user with one key are interchangeable.

@@ -142,10 +142,7 @@ pub fn ship(
 }
 
 fn give_back(cfg: &SftpConfig, pool: &Pool, main: Connection, helpers: Vec<Option<Connection>>) {
-    pool.give(cfg, main);
-    for conn in helpers.into_iter().flatten() {
-        pool.give(cfg, conn);
-    }
+    pool.give(cfg, std::iter::once(main).chain(helpers.into_iter().flatten()));
 }
 
 /// Every file of the batch is on the server, whole: kept (listed with its size) or uploaded
