@@ -29,7 +29,7 @@ const ROWS_PER_STATEMENT: usize = 500;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(
-        "cannot open the state database {path}: {source}; check [state] database and that its folder exists and is writable by this user"
+        "cannot open the state database {path}: {source}; check [state] database (SQLite: its folder exists and is writable by this user; PostgreSQL: the server is up, the user, and the password in [state] password_file or JUMIO_BATCHD_DATABASE_PASSWORD)"
     )]
     Open { path: String, source: sqlx::Error },
     #[error("cannot migrate the state database {path}: {source}")]
