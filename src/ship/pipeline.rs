@@ -140,7 +140,9 @@ impl<'f> Flight<'f> {
             let Some(handle) = active.handle.clone() else { continue };
             if !active.read_all {
                 if self.bytes_out + self.window.chunk_bytes > self.window.bytes {
-                    return Ok(false);
+                    // No room for bytes, but an OPEN ahead is small: the next file's handle is
+                    // then there when the window drains (no round trip lost between files).
+                    return self.open_next(files);
                 }
                 buffer.resize(self.window.chunk_bytes, 0);
                 if active.local.is_none() {
@@ -184,9 +186,15 @@ impl<'f> Flight<'f> {
         self.open_next(files)
     }
 
+    /// Takes the next file from the shared list, while this session has room for it: fewer than
+    /// `open_files` open, and less than two windows of bytes still to write in those it has. A
+    /// session that took every large file at once would leave the others idle (and one channel's
+    /// window caps one session at about 2 MiB per round trip with OpenSSH).
     fn open_next(&mut self, files: &'f impl Files) -> Result<bool, ShipError> {
-        let open_now = self.slots.iter().filter(|s| s.is_some()).count();
-        if self.no_more_files || open_now >= self.window.open_files {
+        let open = self.slots.iter().flatten();
+        let (open_now, unwritten) =
+            open.fold((0, 0u64), |(n, bytes), a| (n + 1, bytes + if a.read_all { 0 } else { a.file.size.saturating_sub(a.offset) }));
+        if self.no_more_files || open_now >= self.window.open_files || unwritten >= 2 * self.window.bytes as u64 {
             return Ok(false);
         }
         let Some(file) = files.take() else {
@@ -417,6 +425,26 @@ mod tests {
         let shipped = list.shipped.borrow();
         assert_eq!(shipped.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), ["b.png", "a.png"]);
         assert_eq!(shipped[0].1, hex::encode(Sha256::digest(b"0123456789")));
+    }
+
+    #[test]
+    fn a_session_takes_no_more_files_than_two_windows_of_bytes_so_other_sessions_get_the_rest() {
+        let (dir, list) = two_files();
+        // Two windows are 68,000 bytes: less than a's 70,000.
+        let window = Window { bytes: 34_000, requests: 512, open_files: 512, chunk_bytes: 32 * 1024 };
+        let mut flight = Flight::new(dir.path(), "u", window);
+        let mut buffer = Vec::new();
+        flight.fill(&list, &mut buffer).unwrap();
+        assert_eq!(requests(&mut flight), [(3, 1)], "only a is opened");
+        assert_eq!(*list.next.borrow(), 1, "b is left in the shared list for another session");
+        flight.on_reply(Reply::Handle { id: 1, handle: b"ha".to_vec() }, &list).unwrap();
+        flight.fill(&list, &mut buffer).unwrap();
+        assert_eq!(
+            requests(&mut flight),
+            [(6, 2), (3, 3)],
+            "one WRITE fills the window; a has less than two windows left to write: b is opened ahead"
+        );
+        assert!(list.shipped.borrow().is_empty(), "while a is still being written");
     }
 
     #[test]
