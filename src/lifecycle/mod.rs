@@ -238,12 +238,7 @@ impl Lifecycle {
         route: &Route,
     ) -> Result<Option<(BatchRecord, PathBuf, Guard)>, LifecycleError> {
         let origin = Lifecycle::origin(route);
-        let sent = std::time::Instant::now();
-        let (record, token) = self.store.claim(name, &origin, |id| work.join(claimed_name(id, name)).display().to_string()).await?;
-        let guard = match token {
-            Some(token) => Guard::Lease(Lease::held(&self.store, record.id, token, sent)),
-            None => Guard::Lock(self.locks.batch(record.id)?.unwrap_or_else(|holder| panic!("bug: a new batch is locked by {holder}"))),
-        };
+        let (record, guard) = self.record_claim(name, &origin, work).await?;
         let (from, to) = (src.to_path_buf(), PathBuf::from(&record.source_path));
         let moved = rename(&from, &to).await;
         match moved {
@@ -256,6 +251,18 @@ impl Lifecycle {
                 }
             }
         }
+    }
+
+    /// A new record for a folder that goes to `work/<id>.<name>`, held by this process from the
+    /// start: the lease the claim took with it (fleet mode), else the batch's kernel lock.
+    async fn record_claim(&self, name: &str, origin: &Origin, work: &Path) -> Result<(BatchRecord, Guard), LifecycleError> {
+        let sent = std::time::Instant::now();
+        let (record, token) = self.store.claim(name, origin, |id| work.join(claimed_name(id, name)).display().to_string()).await?;
+        let guard = match token {
+            Some(token) => Guard::Lease(Lease::held(&self.store, record.id, token, sent)),
+            None => Guard::Lock(self.locks.batch(record.id)?.unwrap_or_else(|holder| panic!("bug: a new batch is locked by {holder}"))),
+        };
+        Ok((record, guard))
     }
 
     /// A folder in work/ without the id form: left by an earlier version (its unfinished

@@ -95,16 +95,13 @@ impl Lifecycle {
                 let route = self.route(original)?;
                 let mut origin = Origin::made_from(original, Kind::Resubmission, from_row, rows, None);
                 origin.tenant = origin.tenant.or_else(|| Some(route.tenant()));
-                let sent = std::time::Instant::now();
-                let (record, token) =
-                    self.store.claim(&name, &origin, |id| work.join(claimed_name(id, &name)).display().to_string()).await?;
+                let (record, guard) = self.record_claim(&name, &origin, work).await?;
                 let dir = PathBuf::from(&record.source_path);
-                let lease = token.map(|token| Guard::Lease(super::Lease::held(&self.store, record.id, token, sent)));
-                (record, dir, lease)
+                (record, dir, Some(guard))
             }
         };
         let held = match held {
-            Some(lease) => Ok(lease),
+            Some(guard) => Ok(guard),
             None => self.hold(record.id).await?,
         };
         let lock = match held {
