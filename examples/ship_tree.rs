@@ -30,7 +30,7 @@ fn main() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let uuid = uuid::Uuid::new_v4().to_string();
     let shipment =
-        ship(loaded.sftp()?, &Pool::none(), root, &files, &checked, &uuid, &Progress::default(), &AtomicBool::new(false), &Unfenced)?;
+        ship(loaded.sftp()?, &Pool::none(), root, &files, &checked, &uuid, true, &Progress::default(), &AtomicBool::new(false), &Unfenced)?;
     println!("{} {} files {:.3} s", shipment.remote_dir, files.len(), started.elapsed().as_secs_f64());
     Ok(())
 }

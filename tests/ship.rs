@@ -7,7 +7,7 @@ use jumio_batchd::validate::validate;
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use support::fixtures::{self, Batch};
-use support::sshd::{dir_bytes, tree, with_done, TestServer};
+use support::sshd::{dir_bytes, keygen, tree, with_done, TestServer};
 
 fn send(server: &TestServer, batch: &Batch, extra: &[&str]) -> (i32, String, String) {
     let config = server.write_config_file(&[]);
@@ -89,7 +89,7 @@ fn ship_directly(server: &TestServer, batch: &Batch, connections: usize, uuid: &
     let digests = jumio_batchd::fingerprint::hash_files(&batch.dir, &checked.files).unwrap();
     let before = server.log().matches("Accepted publickey").count();
     let shipment =
-        ship(&cfg, &Pool::none(), &batch.dir, &checked.files, &digests, uuid, &progress, &AtomicBool::new(false), &Unfenced).unwrap();
+        ship(&cfg, &Pool::none(), &batch.dir, &checked.files, &digests, uuid, true, &progress, &AtomicBool::new(false), &Unfenced).unwrap();
     assert_eq!(shipment.uploaded, checked.files.len());
     assert_eq!(progress.bytes_sent.load(std::sync::atomic::Ordering::SeqCst), checked.report.bytes);
     assert_eq!(tree(&server.home().join(&shipment.remote_dir)), expected_tree(batch));
@@ -162,6 +162,35 @@ fn an_unknown_host_key_is_refused_before_anything_is_created() {
     assert_eq!(code, 2);
     assert!(stderr.contains("HOST KEY CHANGED") && stderr.contains("SHA256:"), "{stderr}");
     assert!(server.remote_folders().is_empty());
+}
+
+#[test]
+fn client_keys_sign_their_first_request_and_a_key_the_server_does_not_know_is_refused() {
+    let server = TestServer::start_logged();
+    // An RSA key, registered: signed with rsa-sha2 in the first request, and let in.
+    let rsa = server.dir.path().join("rsa_key");
+    keygen(&rsa, "rsa");
+    let authorized = server.dir.path().join("authorized_keys");
+    let mut keys = std::fs::read_to_string(&authorized).unwrap();
+    keys.push_str(&std::fs::read_to_string(rsa.with_extension("pub")).unwrap());
+    std::fs::write(&authorized, keys).unwrap();
+    let client_key = server.dir.path().join("client_key").display().to_string();
+    let config = server.write_config_file(&[(&client_key, &rsa.display().to_string())]);
+    let batch = Batch::valid("b", 1);
+    let out = Command::new(env!("CARGO_BIN_EXE_jumio-batchd")).arg("--config").arg(&config).arg("send").arg(&batch.dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(server.log().contains("Accepted publickey") && server.log().contains("RSA"), "{}", server.log());
+    assert_eq!(server.remote_folders().len(), 1);
+
+    // A key the server does not know: refused, nothing created, an error that says what to check.
+    let stranger = server.dir.path().join("stranger_key");
+    keygen(&stranger, "ed25519");
+    let config = server.write_config_file(&[(&client_key, &stranger.display().to_string())]);
+    let out = Command::new(env!("CARGO_BIN_EXE_jumio-batchd")).arg("--config").arg(&config).arg("send").arg(&batch.dir).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("refused key authentication") && stderr.contains("registered in the Jumio Portal"), "{stderr}");
+    assert_eq!(server.remote_folders().len(), 1, "nothing more on the server");
 }
 
 #[test]
@@ -276,7 +305,7 @@ fn ship_pooled(server: &TestServer, pool: &Pool, batch: &Batch, uuid: &str) -> R
     let checked = validate(&batch.dir, Some("DONE")).unwrap();
     let digests = jumio_batchd::fingerprint::hash_files(&batch.dir, &checked.files).unwrap();
     let cfg = server.sftp_config();
-    ship(&cfg, pool, &batch.dir, &checked.files, &digests, uuid, &Progress::default(), &AtomicBool::new(false), &Unfenced)
+    ship(&cfg, pool, &batch.dir, &checked.files, &digests, uuid, false, &Progress::default(), &AtomicBool::new(false), &Unfenced)
         .map(|s| s.remote_dir)
 }
 

@@ -107,7 +107,9 @@ impl Lifecycle {
         let (root, list, stop) = (claim.dir.clone(), claim.checked.files.clone(), self.stop.clone());
         let (digests, pool, fence) = (claim.digests.clone(), self.pool.clone(), claim.guard.fence());
         let uuid = record.remote_uuid.clone().expect("an uploading batch has a UUID");
-        blocking(move || ship::ship(&cfg, &pool, &root, &list, &digests, &uuid, &progress, &stop, &*fence)).await
+        // The UUID was chosen by this attempt's start: nothing can be in its folder yet.
+        let fresh = claim.record.remote_uuid.is_none();
+        blocking(move || ship::ship(&cfg, &pool, &root, &list, &digests, &uuid, fresh, &progress, &stop, &*fence)).await
     }
 
     async fn finish(

@@ -10,6 +10,9 @@ use std::io::{Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::time::{Duration, Instant};
 
+/// libssh2's "would block", which ssh2 reports as a session error.
+const LIBSSH2_ERROR_EAGAIN: i32 = -37;
+
 /// Requests going out and replies coming in, with no I/O of its own.
 pub trait Conversation {
     /// Queues whatever may be sent now.
@@ -37,11 +40,23 @@ pub struct SftpChannel {
 
 impl SftpChannel {
     /// Opens the `sftp` subsystem on a channel of its own and says hello (blocking, with the
-    /// session's timeout).
+    /// session's timeout). The hello follows the subsystem request without waiting for its
+    /// reply, as OpenSSH's client does: the server handles a channel's messages in order, and
+    /// a refused subsystem still fails here, from the reply. One round trip less per connection.
     pub fn open(conn: &Connection) -> Result<SftpChannel, ShipError> {
         let mut channel = conn.session.channel_session().map_err(|e| conn.error(e, "opening an SFTP channel", ""))?;
-        channel.subsystem("sftp").map_err(|e| conn.error(e, "starting the sftp subsystem", ""))?;
-        channel.write_all(&wire::init()).map_err(|e| lost(conn, "the SFTP hello".into(), e))?;
+        let init = wire::init();
+        conn.session.set_blocking(false);
+        let requested = channel.subsystem("sftp");
+        let pending = matches!(&requested, Err(e) if e.code() == ssh2::ErrorCode::Session(LIBSSH2_ERROR_EAGAIN));
+        // Sent only when the request has left libssh2 (it refuses other data while a packet is
+        // half sent); a partial or refused write is finished below, with the same bytes.
+        let early = if pending { channel.write(&init).unwrap_or(0) } else { 0 };
+        conn.session.set_blocking(true);
+        // A pending request resumes here and waits for its reply.
+        let started = if pending { channel.subsystem("sftp") } else { requested };
+        started.map_err(|e| conn.error(e, "starting the sftp subsystem", ""))?;
+        channel.write_all(&init[early..]).map_err(|e| lost(conn, "the SFTP hello".into(), e))?;
         let mut decoder = Decoder::default();
         let mut buf = [0u8; 1024];
         loop {

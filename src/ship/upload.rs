@@ -64,7 +64,9 @@ impl Fence for Unfenced {
 }
 
 /// Ships `files` (paths relative to `root`) into `remote_dir/uuid`, resuming whatever an
-/// earlier attempt left there. `checked` holds the sha256 of each file as it was checked: a file
+/// earlier attempt left there. `fresh`: the UUID was chosen for this attempt, so no earlier one
+/// can have written into its folder, and the folder's subfolders are created with it, in one
+/// round trip. `checked` holds the sha256 of each file as it was checked: a file
 /// whose bytes differ now fails the shipment before DONE. `stop` makes it end at the next file
 /// boundary, before DONE; a `fence` that no longer holds ends it before the next write.
 /// Sessions come from `pool` and go back to it when all went well.
@@ -76,6 +78,7 @@ pub fn ship(
     files: &[BatchFile],
     checked: &BTreeMap<String, String>,
     uuid: &str,
+    fresh: bool,
     progress: &Progress,
     stop: &AtomicBool,
     fence: &dyn Fence,
@@ -92,7 +95,7 @@ pub fn ship(
         let helping: Vec<_> = (0..helpers).map(|_| scope.spawn(|| crew.help(cfg, pool))).collect();
         let lead = {
             let _release = Release(&crew);
-            lead(cfg, pool, files, &crew)
+            lead(cfg, pool, files, &crew, fresh)
         };
         let helped: Vec<Result<Option<Connection>, ShipError>> = helping
             .into_iter()
@@ -171,17 +174,22 @@ enum Lead<'a> {
 
 /// The lead session: creates or lists the folder, hands out the files still missing (largest
 /// first) and uploads its share.
-fn lead<'a>(cfg: &SftpConfig, pool: &Pool, files: &'a [BatchFile], crew: &Crew<'a>) -> Result<Lead<'a>, ShipError> {
+fn lead<'a>(cfg: &SftpConfig, pool: &Pool, files: &'a [BatchFile], crew: &Crew<'a>, fresh: bool) -> Result<Lead<'a>, ShipError> {
     let main = pool.take(cfg)?;
     failpoint::hit("before_mkdir");
-    let present = remote_files(&main, crew.folder)?;
+    let (present, dirs_made) = match fresh {
+        true => create_fresh(&main, crew.folder, files, crew.fence)?,
+        false => (remote_files(&main, crew.folder)?, false),
+    };
     if present.contains_key(DONE_FILE) {
         return Ok(Lead::Submitted(main));
     }
     if !crew.fence.holds() {
         return Err(ShipError::LeaseLost);
     }
-    make_dirs(&main, crew.folder, files, &present)?;
+    if !dirs_made {
+        make_dirs(&main, crew.folder, files, &present)?;
+    }
     let (kept, mut todo): (Vec<&BatchFile>, Vec<&BatchFile>) = files.iter().partition(|f| present.get(&f.path) == Some(&f.size));
     todo.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
     let uploaded = todo.len();
@@ -339,9 +347,36 @@ fn one(conn: &Connection, step: &str, path: &str, request: Request) -> Result<Re
     calls(conn, step, path, vec![request])?.pop().ok_or_else(|| super::channel::protocol("no reply"))
 }
 
-/// The batch's subfolders, a level at a time (a parent before its children), each level's
-/// MKDIRs sent at once.
-fn make_dirs(conn: &Connection, folder: &str, files: &[BatchFile], present: &BTreeMap<String, u64>) -> Result<(), ShipError> {
+/// A folder no attempt has written to: created with all its subfolders in one round trip, a
+/// parent's MKDIR sent before its children's (a server handles one session's requests in order).
+/// Should the server refuse the folder, it is looked at as an earlier attempt's would be (and its
+/// subfolders are not made yet: false); should it refuse a subfolder (a server that reorders),
+/// they are made again a level at a time.
+fn create_fresh(
+    conn: &Connection,
+    folder: &str,
+    files: &[BatchFile],
+    fence: &dyn Fence,
+) -> Result<(BTreeMap<String, u64>, bool), ShipError> {
+    if !fence.holds() {
+        return Err(ShipError::LeaseLost);
+    }
+    let none = BTreeMap::new();
+    let mut remote = vec![folder.to_owned()];
+    remote.extend(subfolders(files, &none).into_values().flatten().map(|dir| format!("{folder}/{dir}")));
+    let replies = calls(conn, "creating", folder, remote.iter().map(|r| Request::Mkdir(r)).collect())?;
+    let ok = |r: &Reply| matches!(r, Reply::Status { code: wire::FX_OK, .. });
+    if !replies.first().is_some_and(ok) {
+        return Ok((remote_files(conn, folder)?, false));
+    }
+    if !replies.iter().all(ok) {
+        make_dirs(conn, folder, files, &none)?;
+    }
+    Ok((none, true))
+}
+
+/// The batch's subfolders missing on the server, by depth (a parent before its children).
+fn subfolders(files: &[BatchFile], present: &BTreeMap<String, u64>) -> BTreeMap<usize, BTreeSet<String>> {
     let mut levels: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
     for file in files {
         let mut parent = Path::new(&file.path).parent();
@@ -354,7 +389,13 @@ fn make_dirs(conn: &Connection, folder: &str, files: &[BatchFile], present: &BTr
             parent = at.parent();
         }
     }
-    for dirs in levels.values() {
+    levels
+}
+
+/// The batch's subfolders, a level at a time (a parent before its children), each level's
+/// MKDIRs sent at once.
+fn make_dirs(conn: &Connection, folder: &str, files: &[BatchFile], present: &BTreeMap<String, u64>) -> Result<(), ShipError> {
+    for dirs in subfolders(files, present).values() {
         let remote: Vec<String> = dirs.iter().map(|dir| format!("{folder}/{dir}")).collect();
         let replies = calls(conn, "creating folders in", folder, remote.iter().map(|r| Request::Mkdir(r)).collect())?;
         // A MKDIR refused because the folder is there (an earlier attempt) is fine.

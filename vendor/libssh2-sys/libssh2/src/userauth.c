@@ -1488,8 +1488,11 @@ retry_auth:
         ssh2_store_str(&s, "publickey", 9);
 
         session->userauth_pblc_b = s;
-        /* Not sending signature with *this* packet */
-        *s++ = 0;
+        /* jumio-batchd patch: the signature goes with the first request
+           (RFC 4252 section 7 allows it; OpenSSH's client does so for a key
+           it holds), instead of asking first whether the key would do: one
+           round trip less per connection. */
+        *s++ = 0x01;
 
         ssh2_store_str(&s, session->userauth_pblc_method, method_len);
         ssh2_store_str(&s, pubkeydata, pubkeydata_len);
@@ -1497,7 +1500,7 @@ retry_auth:
         ssh2_deb((session, LIBSSH2_TRACE_AUTH,
                   "Attempting publickey authentication"));
 
-        session->userauth_pblc_state = ssh2_NB_state_created;
+        session->userauth_pblc_state = ssh2_NB_state_sent1;
     }
 
     if(session->userauth_pblc_state == ssh2_NB_state_created) {
