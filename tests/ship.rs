@@ -186,7 +186,8 @@ fn client_keys_sign_their_first_request_and_a_key_the_server_does_not_know_is_re
     let stranger = server.dir.path().join("stranger_key");
     keygen(&stranger, "ed25519");
     let config = server.write_config_file(&[(&client_key, &stranger.display().to_string())]);
-    let out = Command::new(env!("CARGO_BIN_EXE_jumio-batchd")).arg("--config").arg(&config).arg("send").arg(&batch.dir).output().unwrap();
+    let other = Batch::valid("c", 2);
+    let out = Command::new(env!("CARGO_BIN_EXE_jumio-batchd")).arg("--config").arg(&config).arg("send").arg(&other.dir).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("refused key authentication") && stderr.contains("registered in the Jumio Portal"), "{stderr}");
