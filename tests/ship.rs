@@ -10,10 +10,14 @@ use support::fixtures::{self, Batch};
 use support::sshd::{dir_bytes, keygen, tree, with_done, TestServer};
 
 fn send(server: &TestServer, batch: &Batch, extra: &[&str]) -> (i32, String, String) {
-    let config = server.write_config_file(&[]);
+    send_configured(&server.write_config_file(&[]), batch, extra)
+}
+
+/// `send` with the config file at `config`.
+fn send_configured(config: &std::path::Path, batch: &Batch, extra: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_jumio-batchd"))
         .arg("--config")
-        .arg(&config)
+        .arg(config)
         .arg("send")
         .args(extra)
         .arg(&batch.dir)
@@ -177,8 +181,8 @@ fn client_keys_sign_their_first_request_and_a_key_the_server_does_not_know_is_re
     let client_key = server.dir.path().join("client_key").display().to_string();
     let config = server.write_config_file(&[(&client_key, &rsa.display().to_string())]);
     let batch = Batch::valid("b", 1);
-    let out = Command::new(env!("CARGO_BIN_EXE_jumio-batchd")).arg("--config").arg(&config).arg("send").arg(&batch.dir).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (code, _, stderr) = send_configured(&config, &batch, &[]);
+    assert_eq!(code, 0, "{stderr}");
     assert!(server.log().contains("Accepted publickey") && server.log().contains("RSA"), "{}", server.log());
     assert_eq!(server.remote_folders().len(), 1);
 
@@ -186,10 +190,8 @@ fn client_keys_sign_their_first_request_and_a_key_the_server_does_not_know_is_re
     let stranger = server.dir.path().join("stranger_key");
     keygen(&stranger, "ed25519");
     let config = server.write_config_file(&[(&client_key, &stranger.display().to_string())]);
-    let other = Batch::valid("c", 2);
-    let out = Command::new(env!("CARGO_BIN_EXE_jumio-batchd")).arg("--config").arg(&config).arg("send").arg(&other.dir).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, _, stderr) = send_configured(&config, &Batch::valid("c", 2), &[]);
+    assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("refused key authentication") && stderr.contains("registered in the Jumio Portal"), "{stderr}");
     assert_eq!(server.remote_folders().len(), 1, "nothing more on the server");
 }
