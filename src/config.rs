@@ -299,7 +299,7 @@ fn default_remote_dir() -> String {
     ".".to_owned()
 }
 fn default_connections() -> usize {
-    4
+    8
 }
 fn default_timeout_secs() -> u64 {
     60
@@ -503,7 +503,7 @@ mod tests {
         let loaded = Config::load(&path).expect("config.example.toml must parse");
         let sftp = loaded.sftp().unwrap();
         assert_eq!(sftp.port, 22);
-        assert_eq!(sftp.connections, 4);
+        assert_eq!(sftp.connections, 8);
         assert_eq!(loaded.paths().unwrap().inbox, PathBuf::from("/srv/jumio/inbox"));
         assert_eq!(loaded.config.watch.ready, Readiness::Marker);
         let defaults = Config::default();

@@ -45,7 +45,7 @@ user = "$(id -un)"
 private_key = "$dir/client_key"
 known_hosts = "$dir/known_hosts"
 remote_dir = "."
-connections = ${CONNECTIONS:-4}
+connections = ${CONNECTIONS:-8}
 timeout_secs = 30
 
 [state]

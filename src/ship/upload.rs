@@ -19,6 +19,10 @@ pub const DONE_FILE: &str = "DONE";
 /// A session more for every this many bytes of a batch, up to `connections`: one pipelined
 /// session carries many small files; more sessions only help with the bytes.
 const BYTES_PER_SESSION: u64 = 16 * 1024 * 1024;
+/// Sessions that open at once, the lead's included; the others open once the lead is in the
+/// folder. A batch never has more handshakes than this under way: OpenSSH's `MaxStartups`
+/// starts refusing connections at 10 unauthenticated ones, and two batches may start together.
+const HANDSHAKES_AT_ONCE: usize = 4;
 
 /// Live counters a caller may read while a shipment runs (a progress bar, the state database,
 /// metrics). Files and bytes kept from an earlier attempt count as done.
@@ -87,15 +91,15 @@ pub fn ship(
     progress.files_total.store(files.len() as u64, Ordering::Relaxed);
     progress.bytes_total.store(files.iter().map(|f| f.size).sum(), Ordering::Relaxed);
     let crew = Crew::new(root, &folder, checked, progress, stop, fence);
-    // Every session opens at once: a handshake is several round trips, which helpers opened
+    // The first sessions open at once: a handshake is several round trips, which helpers opened
     // only once the folder exists would add to every batch.
-    let bytes: u64 = files.iter().map(|f| f.size).sum();
-    let helpers = cfg.connections.min(files.len()).min(bytes.div_ceil(BYTES_PER_SESSION) as usize).max(1) - 1;
+    let helpers = sessions_for(files, cfg.connections) - 1;
     let (lead, helpers) = std::thread::scope(|scope| {
-        let helping: Vec<_> = (0..helpers).map(|_| scope.spawn(|| crew.help(cfg, pool))).collect();
+        let crew = &crew;
+        let helping: Vec<_> = (0..helpers).map(|n| scope.spawn(move || crew.help(cfg, pool, n + 1 < HANDSHAKES_AT_ONCE))).collect();
         let lead = {
-            let _release = Release(&crew);
-            lead(cfg, pool, files, &crew, fresh)
+            let _release = Release(crew);
+            lead(cfg, pool, files, crew, fresh)
         };
         let helped: Vec<Result<Option<Connection>, ShipError>> = helping
             .into_iter()
@@ -142,6 +146,13 @@ pub fn ship(
     failpoint::hit("after_done");
     give_back(cfg, pool, main, helpers);
     Ok(Shipment { remote_dir: folder, files_sha256, uploaded, already_submitted: !wrote })
+}
+
+/// How many sessions a batch gets: one per `BYTES_PER_SESSION` of it, up to `connections`, and
+/// never more than it has files.
+fn sessions_for(files: &[BatchFile], connections: usize) -> usize {
+    let bytes: u64 = files.iter().map(|f| f.size).sum();
+    connections.min(files.len()).min(bytes.div_ceil(BYTES_PER_SESSION) as usize).max(1)
 }
 
 fn give_back(cfg: &SftpConfig, pool: &Pool, main: Connection, helpers: Vec<Option<Connection>>) {
@@ -247,12 +258,17 @@ impl<'a> Crew<'a> {
         }
     }
 
-    /// A helper session: opens while the lead prepares the folder, then takes files as they come.
-    fn help(&self, cfg: &SftpConfig, pool: &Pool) -> Result<Option<Connection>, ShipError> {
-        let opened = pool.take(cfg);
-        if self.todo.wait().is_empty() {
-            return Ok(opened.ok());
+    /// A helper session: opens while the lead prepares the folder (`early`) or once it is in it,
+    /// then takes files as they come.
+    fn help(&self, cfg: &SftpConfig, pool: &Pool, early: bool) -> Result<Option<Connection>, ShipError> {
+        let opened = early.then(|| pool.take(cfg));
+        let todo = self.todo.wait();
+        // A late helper with nothing left to take would only delay DONE by its handshake.
+        let idle = !early && self.next.load(Ordering::SeqCst) >= todo.len();
+        if todo.is_empty() || idle || self.failed.load(Ordering::SeqCst) {
+            return Ok(opened.and_then(Result::ok));
         }
+        let opened = opened.unwrap_or_else(|| pool.take(cfg));
         let conn = opened.inspect_err(|_| self.failed.store(true, Ordering::SeqCst))?;
         self.work(&conn)?;
         Ok(Some(conn))
@@ -456,4 +472,23 @@ pub fn probe(cfg: &SftpConfig) -> Result<String, ShipError> {
     sftp.mkdir(Path::new(&folder), 0o755).map_err(|e| conn.error(e, "creating probe folder", &folder))?;
     sftp.rmdir(Path::new(&folder)).map_err(|e| conn.error(e, "removing probe folder", &folder))?;
     Ok(folder)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(files: usize, size: u64) -> Vec<BatchFile> {
+        (0..files).map(|i| BatchFile { path: format!("img/{i}.jpg"), size, label: format!("row {i}") }).collect()
+    }
+
+    #[test]
+    fn a_batch_gets_a_session_per_16_mib_up_to_the_configured_number() {
+        assert_eq!(sessions_for(&batch(3000, 8_000), 8), 2, "1,000 rows of 8 KB images: 24 MB");
+        assert_eq!(sessions_for(&batch(6, 8_000), 8), 1, "a two-row batch");
+        assert_eq!(sessions_for(&batch(1500, 400_000), 8), 8, "500 rows of 400 KB images: 600 MB");
+        assert_eq!(sessions_for(&batch(40, 25_000_000), 4), 4);
+        assert_eq!(sessions_for(&batch(2, 500_000_000), 8), 2, "never more sessions than files");
+        assert_eq!(sessions_for(&[], 8), 1);
+    }
 }
