@@ -88,12 +88,13 @@ pub fn ship(
     fence: &dyn Fence,
 ) -> Result<Shipment, ShipError> {
     let folder = remote_join(&cfg.remote_dir, uuid);
+    let bytes: u64 = files.iter().map(|f| f.size).sum();
     progress.files_total.store(files.len() as u64, Ordering::Relaxed);
-    progress.bytes_total.store(files.iter().map(|f| f.size).sum(), Ordering::Relaxed);
+    progress.bytes_total.store(bytes, Ordering::Relaxed);
     let crew = Crew::new(root, &folder, checked, progress, stop, fence);
     // The first sessions open at once: a handshake is several round trips, which helpers opened
     // only once the folder exists would add to every batch.
-    let helpers = sessions_for(files, cfg.connections) - 1;
+    let helpers = sessions_for(files.len(), bytes, cfg.connections) - 1;
     let (lead, helpers) = std::thread::scope(|scope| {
         let crew = &crew;
         let helping: Vec<_> = (0..helpers).map(|n| scope.spawn(move || crew.help(cfg, pool, n + 1 < HANDSHAKES_AT_ONCE))).collect();
@@ -148,11 +149,10 @@ pub fn ship(
     Ok(Shipment { remote_dir: folder, files_sha256, uploaded, already_submitted: !wrote })
 }
 
-/// How many sessions a batch gets: one per `BYTES_PER_SESSION` of it, up to `connections`, and
-/// never more than it has files.
-fn sessions_for(files: &[BatchFile], connections: usize) -> usize {
-    let bytes: u64 = files.iter().map(|f| f.size).sum();
-    connections.min(files.len()).min(bytes.div_ceil(BYTES_PER_SESSION) as usize).max(1)
+/// How many sessions a batch of `files` and `bytes` gets: one per `BYTES_PER_SESSION`, up to
+/// `connections`, and never more than it has files.
+fn sessions_for(files: usize, bytes: u64, connections: usize) -> usize {
+    connections.min(files).min(bytes.div_ceil(BYTES_PER_SESSION) as usize).max(1)
 }
 
 fn give_back(cfg: &SftpConfig, pool: &Pool, main: Connection, helpers: Vec<Option<Connection>>) {
@@ -264,14 +264,20 @@ impl<'a> Crew<'a> {
         let opened = early.then(|| pool.take(cfg));
         let todo = self.todo.wait();
         // A late helper with nothing left to take would only delay DONE by its handshake.
-        let idle = !early && self.next.load(Ordering::SeqCst) >= todo.len();
-        if todo.is_empty() || idle || self.failed.load(Ordering::SeqCst) {
+        let idle = !early && (self.stopping() || self.next.load(Ordering::SeqCst) >= todo.len());
+        if todo.is_empty() || idle {
             return Ok(opened.and_then(Result::ok));
         }
         let opened = opened.unwrap_or_else(|| pool.take(cfg));
         let conn = opened.inspect_err(|_| self.failed.store(true, Ordering::SeqCst))?;
         self.work(&conn)?;
         Ok(Some(conn))
+    }
+
+    /// No more files are handed out: a session failed, the shipment is stopping, or the fence
+    /// no longer holds.
+    fn stopping(&self) -> bool {
+        self.failed.load(Ordering::SeqCst) || self.stop.load(Ordering::SeqCst) || !self.fence.holds()
     }
 
     /// This session's share: files taken from the common list, pipelined.
@@ -282,7 +288,7 @@ impl<'a> Crew<'a> {
 
 impl pipeline::Files for Crew<'_> {
     fn take(&self) -> Option<&BatchFile> {
-        if self.failed.load(Ordering::SeqCst) || self.stop.load(Ordering::SeqCst) || !self.fence.holds() {
+        if self.stopping() {
             return None;
         }
         let todo = self.todo.get().map(Vec::as_slice).unwrap_or_default();
@@ -478,17 +484,13 @@ pub fn probe(cfg: &SftpConfig) -> Result<String, ShipError> {
 mod tests {
     use super::*;
 
-    fn batch(files: usize, size: u64) -> Vec<BatchFile> {
-        (0..files).map(|i| BatchFile { path: format!("img/{i}.jpg"), size, label: format!("row {i}") }).collect()
-    }
-
     #[test]
     fn a_batch_gets_a_session_per_16_mib_up_to_the_configured_number() {
-        assert_eq!(sessions_for(&batch(3000, 8_000), 8), 2, "1,000 rows of 8 KB images: 24 MB");
-        assert_eq!(sessions_for(&batch(6, 8_000), 8), 1, "a two-row batch");
-        assert_eq!(sessions_for(&batch(1500, 400_000), 8), 8, "500 rows of 400 KB images: 600 MB");
-        assert_eq!(sessions_for(&batch(40, 25_000_000), 4), 4);
-        assert_eq!(sessions_for(&batch(2, 500_000_000), 8), 2, "never more sessions than files");
-        assert_eq!(sessions_for(&[], 8), 1);
+        assert_eq!(sessions_for(3000, 3000 * 8_000, 8), 2, "1,000 rows of 8 KB images: 24 MB");
+        assert_eq!(sessions_for(6, 6 * 8_000, 8), 1, "a two-row batch");
+        assert_eq!(sessions_for(1500, 1500 * 400_000, 8), 8, "500 rows of 400 KB images: 600 MB");
+        assert_eq!(sessions_for(40, 40 * 25_000_000, 4), 4);
+        assert_eq!(sessions_for(2, 2 * 500_000_000, 8), 2, "never more sessions than files");
+        assert_eq!(sessions_for(0, 0, 8), 1);
     }
 }
