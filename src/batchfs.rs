@@ -7,35 +7,65 @@
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use std::fs::File;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// Opens `rel` (a path with `/`, relative to `root`) for reading, if it is a regular file that
-/// lies beneath `root` however its path is spelled or linked.
-pub fn open(root: &Path, rel: &str) -> std::io::Result<File> {
-    let dir = File::open(root)?;
-    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
-    let file = match rustix::fs::openat2(&dir, rel, flags, Mode::empty(), ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS) {
-        Ok(fd) => File::from(fd),
-        // Kernels before 5.6 (or a sandbox that hides openat2): resolve, compare, then open.
-        Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => open_resolved(root, rel, flags)?,
-        Err(rustix::io::Errno::XDEV) => return Err(outside()),
-        Err(e) => return Err(e.into()),
-    };
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file (a folder, FIFO, device or socket)"));
-    }
-    Ok(file)
+/// A batch folder held open: its files are opened beneath this descriptor, so a pass over
+/// thousands of images opens the folder once (and keeps to the folder it opened, should the
+/// name be moved meanwhile).
+pub struct BatchDir {
+    root: PathBuf,
+    dir: File,
 }
 
-/// Reads a whole batch file of at most `cap` bytes; larger is an error (never read past `cap`).
-pub fn read_capped(root: &Path, rel: &str, cap: u64) -> std::io::Result<Vec<u8>> {
-    let file = open(root, rel)?;
-    let mut bytes = Vec::with_capacity(file.metadata()?.len().min(cap) as usize);
-    file.take(cap + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > cap {
-        return Err(std::io::Error::new(std::io::ErrorKind::FileTooLarge, format!("larger than {cap} bytes")));
+/// A regular file of the batch, open for reading, with its size when opened.
+pub struct Opened {
+    pub file: File,
+    pub size: u64,
+}
+
+impl BatchDir {
+    pub fn open(root: &Path) -> std::io::Result<BatchDir> {
+        Ok(BatchDir { root: root.to_path_buf(), dir: File::open(root)? })
     }
-    Ok(bytes)
+
+    /// Opens `rel` (a path with `/`, relative to the folder) for reading, if it is a regular
+    /// file that lies beneath the folder however its path is spelled or linked.
+    pub fn file(&self, rel: &str) -> std::io::Result<Opened> {
+        let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY;
+        let file = match rustix::fs::openat2(&self.dir, rel, flags, Mode::empty(), ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS) {
+            Ok(fd) => File::from(fd),
+            // Kernels before 5.6 (or a sandbox that hides openat2): resolve, compare, then open.
+            Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => open_resolved(&self.root, rel, flags)?,
+            Err(rustix::io::Errno::XDEV) => return Err(outside()),
+            Err(e) => return Err(e.into()),
+        };
+        let metadata = file.metadata()?;
+        if !metadata.is_file() {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file (a folder, FIFO, device or socket)"));
+        }
+        Ok(Opened { file, size: metadata.len() })
+    }
+
+    /// Reads a whole batch file of at most `cap` bytes; larger is an error (never read past `cap`).
+    pub fn read_capped(&self, rel: &str, cap: u64) -> std::io::Result<Vec<u8>> {
+        let Opened { file, size } = self.file(rel)?;
+        let mut bytes = Vec::with_capacity(size.min(cap) as usize);
+        file.take(cap + 1).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > cap {
+            return Err(std::io::Error::new(std::io::ErrorKind::FileTooLarge, format!("larger than {cap} bytes")));
+        }
+        Ok(bytes)
+    }
+}
+
+/// Opens one file of the batch at `root` (see `BatchDir::file`).
+pub fn open(root: &Path, rel: &str) -> std::io::Result<File> {
+    Ok(BatchDir::open(root)?.file(rel)?.file)
+}
+
+/// Reads one whole file of the batch at `root` (see `BatchDir::read_capped`).
+pub fn read_capped(root: &Path, rel: &str, cap: u64) -> std::io::Result<Vec<u8>> {
+    BatchDir::open(root)?.read_capped(rel, cap)
 }
 
 /// True when the error says the path leads out of the batch folder.

@@ -81,14 +81,13 @@ pub fn build(from: &Path, csv: &[u8], to: &Path) -> std::io::Result<()> {
     std::fs::create_dir(to)?;
     write_new(&to.join(INPUT_CSV), csv)?;
     let images: BTreeSet<String> = check_csv(csv).images.into_iter().map(|i| i.path).collect();
+    let source_dir = crate::batchfs::BatchDir::open(from);
     for path in images {
         if !Path::new(&path).components().all(|c| matches!(c, Component::Normal(_))) {
             continue;
         }
-        let mut source = match crate::batchfs::open(from, &path) {
-            Ok(file) => file,
-            Err(_) => continue,
-        };
+        let Some(Ok(opened)) = source_dir.as_ref().ok().map(|dir| dir.file(&path)) else { continue };
+        let mut source = opened.file;
         let target = to.join(&path);
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent)?;

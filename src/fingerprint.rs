@@ -2,6 +2,7 @@
 //! computed right after validation (the digest of what was checked: the content key of the
 //! record, the duplicate guard's key, and what each uploaded file is compared with).
 
+use crate::batchfs::{BatchDir, Opened};
 use crate::validate::BatchFile;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -32,11 +33,12 @@ fn sorted(files: &[BatchFile]) -> Vec<&BatchFile> {
 pub fn hash_files(root: &Path, files: &[BatchFile]) -> std::io::Result<BTreeMap<String, String>> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len()).max(1);
     let next = AtomicUsize::new(0);
+    let dir = BatchDir::open(root)?;
     let hash_some = || -> std::io::Result<Vec<(String, String)>> {
         let mut buffer = Vec::new();
         let mut out = Vec::new();
         while let Some(file) = files.get(next.fetch_add(1, Ordering::Relaxed)) {
-            out.push((file.path.clone(), hash_with(root, &file.path, &mut buffer)?));
+            out.push((file.path.clone(), hash_with(&dir, &file.path, &mut buffer)?));
         }
         Ok(out)
     };
@@ -59,14 +61,13 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// sha256 of one file of the batch, as hex.
 pub fn hash_file(root: &Path, rel: &str) -> std::io::Result<String> {
-    hash_with(root, rel, &mut Vec::new())
+    hash_with(&BatchDir::open(root)?, rel, &mut Vec::new())
 }
 
 /// Reads through `buffer`, grown to at most 1 MiB as the file needs (a small image does not
 /// cost a megabyte of zeroes).
-fn hash_with(root: &Path, rel: &str, buffer: &mut Vec<u8>) -> std::io::Result<String> {
-    let mut local = crate::batchfs::open(root, rel)?;
-    let size = local.metadata().map_or(HASH_BUFFER_BYTES as u64, |m| m.len());
+fn hash_with(dir: &BatchDir, rel: &str, buffer: &mut Vec<u8>) -> std::io::Result<String> {
+    let Opened { file: mut local, size } = dir.file(rel)?;
     let want = (size as usize).clamp(4096, HASH_BUFFER_BYTES);
     if buffer.len() < want {
         buffer.resize(want, 0);

@@ -353,6 +353,11 @@ fn image_content_size_and_pixels() {
         ("faceImage", "a.png", fixtures::png_header(8001, 10), Some("image_too_many_pixels")),
         ("faceImage", "a.png", fixtures::png_header(10, 9000), Some("image_too_many_pixels")),
         ("faceImage", "a.jpg", b"\xff\xd8\xff\xe0 truncated".to_vec(), Some("image_unreadable")),
+        // Dimensions past the first 64 KiB (a big EXIF thumbnail first) are still read.
+        ("frontImage", "a.jpg", fixtures::jpeg_with_big_exif(&fixtures::jpeg(20, 20)), None),
+        ("faceImage", "a.jpg", fixtures::jpeg_with_big_exif(&fixtures::jpeg_header(8000, 8000)), None),
+        ("faceImage", "a.jpg", fixtures::jpeg_with_big_exif(&fixtures::jpeg_header(9000, 10)), Some("image_too_many_pixels")),
+        ("faceImage", "a.jpg", fixtures::jpeg_header(10, 8001), Some("image_too_many_pixels")),
     ];
     for (column, name, bytes, code) in cases {
         let batch = one_value(column, name).file(name, &bytes);

@@ -36,6 +36,8 @@ pub struct SftpChannel {
     channel: ssh2::Channel,
     decoder: Decoder,
     incoming: Vec<u8>,
+    /// How long the server took to confirm this channel: one round trip, measured once.
+    round_trip: Duration,
 }
 
 impl SftpChannel {
@@ -44,7 +46,9 @@ impl SftpChannel {
     /// reply, as OpenSSH's client does: the server handles a channel's messages in order, and
     /// a refused subsystem still fails here, from the reply. One round trip less per connection.
     pub fn open(conn: &Connection) -> Result<SftpChannel, ShipError> {
+        let asked = Instant::now();
         let mut channel = conn.session.channel_session().map_err(|e| conn.error(e, "opening an SFTP channel", ""))?;
+        let round_trip = asked.elapsed();
         let init = wire::init();
         conn.session.set_blocking(false);
         let requested = channel.subsystem("sftp");
@@ -66,11 +70,17 @@ impl SftpChannel {
             }
             decoder.feed(&buf[..n]);
             match decoder.next_reply().map_err(|e| protocol(e.0))? {
-                Some(Reply::Version(_)) => return Ok(SftpChannel { channel, decoder, incoming: vec![0u8; 64 * 1024] }),
+                Some(Reply::Version(_)) => return Ok(SftpChannel { channel, decoder, incoming: vec![0u8; 64 * 1024], round_trip }),
                 Some(_) => return Err(protocol("the server did not answer INIT with VERSION")),
                 None => {}
             }
         }
+    }
+
+    /// The round trip to the server, as the channel's opening measured it (a message the
+    /// server answers at once, with no process to start or file to touch).
+    pub fn round_trip(&self) -> Duration {
+        self.round_trip
     }
 
     /// Sends and receives without blocking until the conversation is done, fails, or the server

@@ -2,6 +2,7 @@
 
 use super::csv_rules::ImageRef;
 use super::problem::Findings;
+use crate::batchfs::{BatchDir, Opened};
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
@@ -34,9 +35,10 @@ enum Format {
 pub fn check_images(root: &Path, refs: &[ImageRef], markers: &[&str], out: &mut Findings) -> Vec<BatchFile> {
     let mut verdicts: BTreeMap<&str, Verdict> = BTreeMap::new();
     let mut labels: BTreeMap<&str, String> = BTreeMap::new();
+    let dir = BatchDir::open(root);
     for image in refs {
         labels.entry(image.path.as_str()).or_insert_with(|| format!("the image of row {}, {}", image.row, image.column));
-        let verdict = verdicts.entry(image.path.as_str()).or_insert_with(|| check_one(root, &image.path, markers));
+        let verdict = verdicts.entry(image.path.as_str()).or_insert_with(|| check_one(root, &dir, &image.path, markers));
         match verdict {
             Ok((_, Format::Pdf)) if !image.allows_pdf => {
                 out.error(
@@ -58,7 +60,7 @@ pub fn check_images(root: &Path, refs: &[ImageRef], markers: &[&str], out: &mut 
 
 type Verdict = Result<(u64, Format), (&'static str, String)>;
 
-fn check_one(root: &Path, rel: &str, markers: &[&str]) -> Verdict {
+fn check_one(root: &Path, dir: &std::io::Result<BatchDir>, rel: &str, markers: &[&str]) -> Verdict {
     check_path_shape(rel)?;
     if markers.iter().any(|m| m.eq_ignore_ascii_case(rel)) {
         return Err((
@@ -66,8 +68,11 @@ fn check_one(root: &Path, rel: &str, markers: &[&str]) -> Verdict {
             format!("the file is called `{rel}`, the name of the file that starts Jumio's processing (and of the ready marker); rename the image (e.g. {rel}.jpg) in the folder and the CSV"),
         ));
     }
-    let mut file = crate::batchfs::open(root, rel).map_err(|e| unopenable(root, rel, &e))?;
-    let size = file.metadata().map_err(|_| unreadable())?.len();
+    let opened = match dir {
+        Ok(dir) => dir.file(rel),
+        Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+    };
+    let Opened { mut file, size } = opened.map_err(|e| unopenable(root, rel, &e))?;
     if size == 0 {
         return Err(("image_empty", "the file is empty (0 bytes); copy the image again".to_owned()));
     }
@@ -80,9 +85,10 @@ fn check_one(root: &Path, rel: &str, markers: &[&str]) -> Verdict {
             ),
         ));
     }
-    let format = sniff(&mut file).map_err(|_| unreadable())?;
+    let head = read_head(&mut file).map_err(|_| unreadable())?;
+    let format = classify(&head);
     match format {
-        Format::Jpeg | Format::Png => check_dimensions(&mut file)?,
+        Format::Jpeg | Format::Png => check_dimensions(&head, size, &mut file)?,
         Format::Pdf => {}
         Format::Other(kind) => {
             return Err((
@@ -162,17 +168,14 @@ fn case_insensitive_match(root: &Path, rel: &str) -> Option<String> {
     Some(found.join("/"))
 }
 
-fn sniff(file: &mut File) -> std::io::Result<Format> {
-    let mut head = [0u8; 16];
-    let mut len = 0;
-    while len < head.len() {
-        let n = file.read(&mut head[len..])?;
-        if n == 0 {
-            break;
-        }
-        len += n;
-    }
-    Ok(classify(&head[..len]))
+/// The first bytes of an image: its format and, nearly always, its dimensions are in them.
+const HEAD_BYTES: usize = 64 * 1024;
+
+/// Reads the first `HEAD_BYTES` of the file (all of a smaller one) in one pass.
+fn read_head(file: &mut File) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(HEAD_BYTES);
+    file.take(HEAD_BYTES as u64).read_to_end(&mut head)?;
+    Ok(head)
 }
 
 fn classify(head: &[u8]) -> Format {
@@ -190,10 +193,18 @@ fn classify(head: &[u8]) -> Format {
     }
 }
 
-fn check_dimensions(file: &mut File) -> Result<(), (&'static str, String)> {
+/// Pixels per side, from the head read already; the rest of the file is read only when the
+/// dimensions lie beyond it (a JPEG with a large embedded thumbnail).
+fn check_dimensions(head: &[u8], file_size: u64, file: &mut File) -> Result<(), (&'static str, String)> {
     let damaged = || ("image_unreadable", "the image header is damaged or cut off; export the image again".to_owned());
-    file.seek(SeekFrom::Start(0)).map_err(|_| damaged())?;
-    let size = imagesize::reader_size(BufReader::new(file)).map_err(|_| damaged())?;
+    let size = match imagesize::blob_size(head) {
+        Ok(size) => size,
+        Err(_) if (head.len() as u64) < file_size => {
+            file.seek(SeekFrom::Start(0)).map_err(|_| damaged())?;
+            imagesize::reader_size(BufReader::new(file)).map_err(|_| damaged())?
+        }
+        Err(_) => return Err(damaged()),
+    };
     if size.width > MAX_IMAGE_PIXELS_PER_SIDE || size.height > MAX_IMAGE_PIXELS_PER_SIDE {
         return Err((
             "image_too_many_pixels",

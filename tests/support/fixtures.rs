@@ -120,6 +120,26 @@ pub fn png_header(width: u32, height: u32) -> Vec<u8> {
     out
 }
 
+/// A JPEG header claiming `width` x `height` (start of image, then the frame header).
+pub fn jpeg_header(width: u16, height: u16) -> Vec<u8> {
+    let mut out = vec![0xFF, 0xD8, 0xFF, 0xC0, 0x00, 0x11, 0x08];
+    out.extend(height.to_be_bytes());
+    out.extend(width.to_be_bytes());
+    out.extend([3, 1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1, 0xFF, 0xD9]);
+    out
+}
+
+/// The JPEG with a full-size EXIF segment (as a large embedded thumbnail makes) after its start
+/// marker: its dimensions then lie more than 64 KiB into the file.
+pub fn jpeg_with_big_exif(jpeg: &[u8]) -> Vec<u8> {
+    let mut out = jpeg[..2].to_vec();
+    out.extend([0xFF, 0xE1, 0xFF, 0xFF]);
+    out.extend(b"Exif\0\0");
+    out.extend(noise(0xFFFF - 2 - 6, 7));
+    out.extend(&jpeg[2..]);
+    out
+}
+
 /// Deterministic pseudo-random bytes (incompressible, like photos).
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
