@@ -90,7 +90,7 @@ fn ship_directly(server: &TestServer, batch: &Batch, connections: usize, uuid: &
     let mut cfg = server.sftp_config();
     cfg.connections = connections;
     let progress = Progress::default();
-    let digests = jumio_batchd::fingerprint::hash_files(&batch.dir, &checked.files).unwrap();
+    let digests = checked.sha256.clone();
     let before = server.log().matches("Accepted publickey").count();
     let shipment =
         ship(&cfg, &Pool::none(), &batch.dir, &checked.files, &digests, uuid, true, &progress, &AtomicBool::new(false), &Unfenced).unwrap();
@@ -306,7 +306,7 @@ fn a_missing_remote_dir_fails_at_once_with_the_fix() {
 /// Ships `batch` into `uuid` through `pool`; the shipment or the error.
 fn ship_pooled(server: &TestServer, pool: &Pool, batch: &Batch, uuid: &str) -> Result<String, ShipError> {
     let checked = validate(&batch.dir, Some("DONE")).unwrap();
-    let digests = jumio_batchd::fingerprint::hash_files(&batch.dir, &checked.files).unwrap();
+    let digests = checked.sha256.clone();
     let cfg = server.sftp_config();
     ship(&cfg, pool, &batch.dir, &checked.files, &digests, uuid, false, &Progress::default(), &AtomicBool::new(false), &Unfenced)
         .map(|s| s.remote_dir)

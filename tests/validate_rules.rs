@@ -419,3 +419,26 @@ fn messages_never_repeat_personal_values() {
         assert!(!text.contains(needle), "{needle} leaked into {text}");
     }
 }
+
+#[test]
+fn each_file_is_digested_as_it_was_checked_however_large() {
+    let padded = |mut image: Vec<u8>, len: usize| {
+        image.extend(fixtures::noise(len - image.len(), 3));
+        image
+    };
+    let images = [
+        ("a.png", fixtures::png(10, 10)),
+        ("b.png", padded(fixtures::png(10, 10), 64 * 1024)),
+        ("c.png", padded(fixtures::png(10, 10), 64 * 1024 + 1)),
+        ("d.jpg", fixtures::jpeg_with_big_exif(&fixtures::jpeg(20, 20))),
+        ("e.png", padded(fixtures::png(10, 10), 3_000_000)),
+    ];
+    for (name, bytes) in images {
+        let batch = one_value("frontImage", name).file(name, &bytes);
+        let checked = validate(&batch.dir, Some("DONE")).unwrap();
+        assert!(checked.report.valid, "{name}: {:?}", checked.report.errors);
+        assert_eq!(checked.sha256[name], jumio_batchd::fingerprint::sha256_hex(&bytes), "{name}");
+        let csv = std::fs::read(batch.dir.join("input.csv")).unwrap();
+        assert_eq!(checked.sha256["input.csv"], jumio_batchd::fingerprint::sha256_hex(&csv));
+    }
+}

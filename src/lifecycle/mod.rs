@@ -64,8 +64,6 @@ pub enum LifecycleError {
     Lock(#[from] LockError),
     #[error(transparent)]
     Unreadable(#[from] validate::Unreadable),
-    #[error("cannot read batch {name} to fingerprint it ({source}); it was not shipped: check that every file of the folder is readable")]
-    Fingerprint { name: String, source: std::io::Error },
     #[error("cannot {what} {from} into {to}: {source}; check that the folder exists and this user may write to it")]
     Move { what: &'static str, from: String, to: String, source: std::io::Error },
     #[error("batch {id} has no record in the state database; was the database replaced?")]
@@ -194,7 +192,7 @@ impl Lifecycle {
         let checked = self.validate(dir).await?;
         let source = source_path(dir);
         let name = checked.report.batch.clone();
-        let (key, digests) = self.digest(&name, dir, &checked).await?;
+        let (key, digests) = digest(&checked);
         let contents = contents_of(&key, &checked);
         let origin = Lifecycle::origin(&self.routes[0]);
         let tenant = origin.tenant.as_deref();
@@ -329,10 +327,7 @@ impl Lifecycle {
     async fn advance(&self, record: BatchRecord, dir: &Path, guard: Arc<Guard>) -> Result<Outcome, LifecycleError> {
         let mut checked = self.validate(dir).await?;
         checked.report.batch = record.name.clone();
-        let (key, digests) = match self.digest(&record.name, dir, &checked).await {
-            Ok(digested) => digested,
-            Err(e) => return self.fail(record, &e.to_string()).await,
-        };
+        let (key, digests) = digest(&checked);
         let record = if record.state == State::Discovered {
             self.store.record_contents(record.id, &contents_of(&key, &checked)).await?;
             if !checked.report.valid {
@@ -440,19 +435,6 @@ impl Lifecycle {
             }
         }
         Ok(record)
-    }
-
-    /// The digest of what was checked: every file hashed right after validation. Its
-    /// fingerprint is the batch's content key. Fails closed: unreadable content is not shipped.
-    async fn digest(&self, name: &str, dir: &Path, checked: &Validated) -> Result<(String, BTreeMap<String, String>), LifecycleError> {
-        if !checked.report.valid {
-            return Ok((String::new(), BTreeMap::new()));
-        }
-        let (root, list) = (dir.to_path_buf(), checked.files.clone());
-        let hashes = blocking(move || fingerprint::hash_files(&root, &list))
-            .await
-            .map_err(|source| LifecycleError::Fingerprint { name: name.to_owned(), source })?;
-        Ok((fingerprint::fingerprint(&checked.files, &hashes), hashes))
     }
 
     async fn validate(&self, dir: &Path) -> Result<Validated, LifecycleError> {
@@ -575,4 +557,13 @@ impl Filing {
             Filing::Failed(record) => filing::file_failed(dir, to, record),
         }
     }
+}
+
+/// The digest of what was checked (each file's sha256, taken as validation read it) and its
+/// fingerprint, the batch's content key; nothing for a batch that is not valid.
+fn digest(checked: &Validated) -> (String, BTreeMap<String, String>) {
+    if !checked.report.valid {
+        return (String::new(), BTreeMap::new());
+    }
+    (fingerprint::fingerprint(&checked.files, &checked.sha256), checked.sha256.clone())
 }

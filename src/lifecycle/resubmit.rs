@@ -69,7 +69,7 @@ impl Lifecycle {
             source,
         })?;
         let checked = self.validate(&built).await?;
-        let (key, _) = self.digest(&name, &built, &checked).await?;
+        let (key, _) = super::digest(&checked);
         let remove_built = || {
             let built = built.clone();
             blocking(move || std::fs::remove_dir_all(built))

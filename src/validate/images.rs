@@ -3,10 +3,12 @@
 use super::csv_rules::ImageRef;
 use super::problem::Findings;
 use crate::batchfs::{BatchDir, Opened};
+use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub const MAX_IMAGE_BYTES: u64 = 15_000_000;
 pub const MAX_IMAGE_PIXELS_PER_SIDE: usize = 8000;
@@ -29,18 +31,28 @@ enum Format {
     Other(&'static str),
 }
 
+/// The images a batch will ship and the sha256 of each, taken as the check read it.
+pub struct Images {
+    pub files: Vec<BatchFile>,
+    pub sha256: BTreeMap<String, String>,
+}
+
 /// Checks every referenced image once (a file named by several rows is checked once, and each
-/// row gets its own problem); returns the files to ship, sorted by path.
+/// row gets its own problem), on as many threads as there are cores; returns the files to
+/// ship, sorted by path, with their digests: what is shipped is compared with what was checked.
 /// `markers` are top-level names an image may not have (Jumio's DONE, the local ready marker).
-pub fn check_images(root: &Path, refs: &[ImageRef], markers: &[&str], out: &mut Findings) -> Vec<BatchFile> {
-    let mut verdicts: BTreeMap<&str, Verdict> = BTreeMap::new();
+pub fn check_images(root: &Path, refs: &[ImageRef], markers: &[&str], out: &mut Findings) -> Images {
     let mut labels: BTreeMap<&str, String> = BTreeMap::new();
-    let dir = BatchDir::open(root);
     for image in refs {
         labels.entry(image.path.as_str()).or_insert_with(|| format!("the image of row {}, {}", image.row, image.column));
-        let verdict = verdicts.entry(image.path.as_str()).or_insert_with(|| check_one(root, &dir, &image.path, markers));
-        match verdict {
-            Ok((_, Format::Pdf)) if !image.allows_pdf => {
+    }
+    let dir = BatchDir::open(root);
+    let paths: Vec<&str> = labels.keys().copied().collect();
+    let verdicts: BTreeMap<&str, Verdict> =
+        paths.iter().copied().zip(in_parallel(&paths, |path, buffer| check_one(root, &dir, path, markers, buffer))).collect();
+    for image in refs {
+        match &verdicts[image.path.as_str()] {
+            Ok(checked) if checked.format == Format::Pdf && !image.allows_pdf => {
                 out.error(
                     Some(image.row),
                     Some(&image.column),
@@ -52,15 +64,52 @@ pub fn check_images(root: &Path, refs: &[ImageRef], markers: &[&str], out: &mut 
             Err((code, message)) => out.error(Some(image.row), Some(&image.column), code, message.clone()),
         }
     }
-    verdicts
-        .into_iter()
-        .filter_map(|(path, v)| v.ok().map(|(size, _)| BatchFile { path: path.to_owned(), size, label: labels[path].clone() }))
-        .collect()
+    let mut images = Images { files: Vec::new(), sha256: BTreeMap::new() };
+    for (path, verdict) in verdicts {
+        if let Ok(checked) = verdict {
+            images.files.push(BatchFile { path: path.to_owned(), size: checked.size, label: labels[path].clone() });
+            images.sha256.insert(path.to_owned(), checked.sha256);
+        }
+    }
+    images
 }
 
-type Verdict = Result<(u64, Format), (&'static str, String)>;
+/// `check` of each item, in order, spread over the cores; each thread reads through a buffer of
+/// its own.
+fn in_parallel<T: Sync, R: Send>(items: &[T], check: impl Fn(&T, &mut Vec<u8>) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(items.len()).max(1);
+    let next = AtomicUsize::new(0);
+    let some = || {
+        let mut buffer = Vec::new();
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(item) = items.get(i) else { return done };
+            done.push((i, check(item, &mut buffer)));
+        }
+    };
+    let mut done = std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(some)).collect();
+        let mut done = some();
+        for helper in helpers {
+            done.extend(helper.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        }
+        done
+    });
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
+}
 
-fn check_one(root: &Path, dir: &std::io::Result<BatchDir>, rel: &str, markers: &[&str]) -> Verdict {
+/// An image that passed: its size, format and sha256.
+struct Checked {
+    size: u64,
+    format: Format,
+    sha256: String,
+}
+
+type Verdict = Result<Checked, (&'static str, String)>;
+
+fn check_one(root: &Path, dir: &std::io::Result<BatchDir>, rel: &str, markers: &[&str], buffer: &mut Vec<u8>) -> Verdict {
     check_path_shape(rel)?;
     if markers.iter().any(|m| m.eq_ignore_ascii_case(rel)) {
         return Err((
@@ -97,7 +146,24 @@ fn check_one(root: &Path, dir: &std::io::Result<BatchDir>, rel: &str, markers: &
             ));
         }
     }
-    Ok((size, format))
+    let (sha256, read) = if head.len() < HEAD_BYTES {
+        // The head reached the end: it is the whole file.
+        (hex::encode(Sha256::digest(&head)), head.len() as u64)
+    } else {
+        // The rest into the digest, from where the head ended (a dimension search may have read on).
+        file.seek(SeekFrom::Start(head.len() as u64)).map_err(|_| unreadable())?;
+        let hasher = Sha256::new_with_prefix(&head);
+        let (sha256, rest) = crate::fingerprint::hash_rest(hasher, &mut file, size, buffer).map_err(|_| unreadable())?;
+        (sha256, head.len() as u64 + rest)
+    };
+    if read != size {
+        return Err((
+            "image_unreadable",
+            "the file changed while it was being checked (still being copied?); drop the batch again once every file is complete"
+                .to_owned(),
+        ));
+    }
+    Ok(Checked { size, format, sha256 })
 }
 
 fn unreadable() -> (&'static str, String) {

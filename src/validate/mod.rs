@@ -71,6 +71,8 @@ pub struct Rules<'a> {
 pub struct Validated {
     pub report: Report,
     pub files: Vec<BatchFile>,
+    /// The sha256 of each of `files`, taken as validation read it: the digest of the check.
+    pub sha256: BTreeMap<String, String>,
 }
 
 /// The folder itself could not be read: nothing about the batch is known.
@@ -116,7 +118,7 @@ pub fn validate_with(dir: &Path, rules: Rules<'_>) -> Result<Validated, Unreadab
         Err(e) => {
             let (code, message) = unreadable_csv(&e);
             findings.error(None, None, code, message);
-            return Ok(Validated { report: Report::new(batch, 0, 0, 0, findings), files: Vec::new() });
+            return Ok(Validated { report: Report::new(batch, 0, 0, 0, findings), files: Vec::new(), sha256: BTreeMap::new() });
         }
     };
     let mut csv = check_csv(&csv_bytes);
@@ -157,7 +159,9 @@ pub fn validate_with(dir: &Path, rules: Rules<'_>) -> Result<Validated, Unreadab
         );
     }
     let mut files = vec![BatchFile { path: INPUT_CSV.to_owned(), size: csv_bytes.len() as u64, label: INPUT_CSV.to_owned() }];
-    files.extend(images);
+    files.extend(images.files);
+    let mut sha256 = images.sha256;
+    sha256.insert(INPUT_CSV.to_owned(), crate::fingerprint::sha256_hex(&csv_bytes));
     let bytes = files.iter().map(|f| f.size).sum();
     let mut report = Report::new(batch, csv.rows, referenced.len(), bytes, findings);
     let mut references = csv.references;
@@ -167,7 +171,7 @@ pub fn validate_with(dir: &Path, rules: Rules<'_>) -> Result<Validated, Unreadab
     if rules.split_over_limit {
         report.parts = parts;
     }
-    Ok(Validated { report, files })
+    Ok(Validated { report, files, sha256 })
 }
 
 /// Why input.csv could not be read, as a code and what to do.
