@@ -7,7 +7,7 @@ use std::path::Path;
 
 pub fn run(config: Option<&Path>, dir: &Path, json: bool) -> anyhow::Result<u8> {
     let config = Config::load_or_default(config)?;
-    let rules = validate::Rules { marker: config.marker(), split_over_limit: config.config.batch.split_over_limit };
+    let rules = validate::Rules { marker: config.marker(), split_over_limit: config.config.batch.split_over_limit, digest: false };
     let checked = validate::validate_with(dir, rules)?;
     let report = &checked.report;
     if json {

@@ -439,7 +439,8 @@ impl Lifecycle {
 
     async fn validate(&self, dir: &Path) -> Result<Validated, LifecycleError> {
         let (path, marker, split_over_limit) = (dir.to_path_buf(), self.marker.clone(), self.split_over_limit);
-        Ok(blocking(move || validate::validate_with(&path, validate::Rules { marker: Some(&marker), split_over_limit })).await?)
+        Ok(blocking(move || validate::validate_with(&path, validate::Rules { marker: Some(&marker), split_over_limit, digest: true }))
+            .await?)
     }
 
     /// The receipt of a submitted batch as stored: with the batch it was made from, or its parts.

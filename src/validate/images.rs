@@ -39,17 +39,21 @@ pub struct Images {
 
 /// Checks every referenced image once (a file named by several rows is checked once, and each
 /// row gets its own problem), on as many threads as there are cores; returns the files to
-/// ship, sorted by path, with their digests: what is shipped is compared with what was checked.
+/// ship, sorted by path, with their digests when `digest` (each file then read whole): what is
+/// shipped is compared with what was checked.
 /// `markers` are top-level names an image may not have (Jumio's DONE, the local ready marker).
-pub fn check_images(root: &Path, refs: &[ImageRef], markers: &[&str], out: &mut Findings) -> Images {
+pub fn check_images(root: &Path, refs: &[ImageRef], markers: &[&str], digest: bool, out: &mut Findings) -> Images {
     let mut labels: BTreeMap<&str, String> = BTreeMap::new();
     for image in refs {
         labels.entry(image.path.as_str()).or_insert_with(|| format!("the image of row {}, {}", image.row, image.column));
     }
     let dir = BatchDir::open(root);
     let paths: Vec<&str> = labels.keys().copied().collect();
-    let verdicts: BTreeMap<&str, Verdict> =
-        paths.iter().copied().zip(in_parallel(&paths, |path, buffer| check_one(root, &dir, path, markers, buffer))).collect();
+    let verdicts: BTreeMap<&str, Verdict> = paths
+        .iter()
+        .copied()
+        .zip(in_parallel(&paths, |path, buffer| check_one(root, &dir, path, markers, digest.then_some(buffer))))
+        .collect();
     for image in refs {
         match &verdicts[image.path.as_str()] {
             Ok(checked) if checked.format == Format::Pdf && !image.allows_pdf => {
@@ -68,7 +72,9 @@ pub fn check_images(root: &Path, refs: &[ImageRef], markers: &[&str], out: &mut 
     for (path, verdict) in verdicts {
         if let Ok(checked) = verdict {
             images.files.push(BatchFile { path: path.to_owned(), size: checked.size, label: labels[path].clone() });
-            images.sha256.insert(path.to_owned(), checked.sha256);
+            if let Some(sha256) = checked.sha256 {
+                images.sha256.insert(path.to_owned(), sha256);
+            }
         }
     }
     images
@@ -100,16 +106,17 @@ fn in_parallel<T: Sync, R: Send>(items: &[T], check: impl Fn(&T, &mut Vec<u8>) -
     done.into_iter().map(|(_, r)| r).collect()
 }
 
-/// An image that passed: its size, format and sha256.
+/// An image that passed: its size, format and (when asked for) sha256.
 struct Checked {
     size: u64,
     format: Format,
-    sha256: String,
+    sha256: Option<String>,
 }
 
 type Verdict = Result<Checked, (&'static str, String)>;
 
-fn check_one(root: &Path, dir: &std::io::Result<BatchDir>, rel: &str, markers: &[&str], buffer: &mut Vec<u8>) -> Verdict {
+/// Checks one image; with a `buffer`, reads it whole through it and takes its sha256.
+fn check_one(root: &Path, dir: &std::io::Result<BatchDir>, rel: &str, markers: &[&str], buffer: Option<&mut Vec<u8>>) -> Verdict {
     check_path_shape(rel)?;
     if markers.iter().any(|m| m.eq_ignore_ascii_case(rel)) {
         return Err((
@@ -146,6 +153,7 @@ fn check_one(root: &Path, dir: &std::io::Result<BatchDir>, rel: &str, markers: &
             ));
         }
     }
+    let Some(buffer) = buffer else { return Ok(Checked { size, format, sha256: None }) };
     let (sha256, read) = if head.len() < HEAD_BYTES {
         // The head reached the end: it is the whole file.
         (hex::encode(Sha256::digest(&head)), head.len() as u64)
@@ -163,7 +171,7 @@ fn check_one(root: &Path, dir: &std::io::Result<BatchDir>, rel: &str, markers: &
                 .to_owned(),
         ));
     }
-    Ok(Checked { size, format, sha256 })
+    Ok(Checked { size, format, sha256: Some(sha256) })
 }
 
 fn unreadable() -> (&'static str, String) {

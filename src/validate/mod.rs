@@ -64,6 +64,9 @@ pub struct Rules<'a> {
     pub marker: Option<&'a str>,
     /// More than 10,000 rows is not an error: the batch is shipped as parts.
     pub split_over_limit: bool,
+    /// Read every file whole and take its sha256 (for shipping); without, images are read only
+    /// as far as their format and dimensions need (the `validate` command).
+    pub digest: bool,
 }
 
 /// A checked batch: the report, and what would be shipped (input.csv first, then the images).
@@ -71,7 +74,8 @@ pub struct Rules<'a> {
 pub struct Validated {
     pub report: Report,
     pub files: Vec<BatchFile>,
-    /// The sha256 of each of `files`, taken as validation read it: the digest of the check.
+    /// The sha256 of each of `files`, taken as validation read it: the digest of the check
+    /// (empty unless `Rules::digest`).
     pub sha256: BTreeMap<String, String>,
 }
 
@@ -87,7 +91,7 @@ pub struct Unreadable {
 /// Validates the batch in `dir`. `marker` is the ready-marker file name, which is neither
 /// shipped nor reported as unreferenced.
 pub fn validate(dir: &Path, marker: Option<&str>) -> Result<Validated, Unreadable> {
-    validate_with(dir, Rules { marker, split_over_limit: false })
+    validate_with(dir, Rules { marker, split_over_limit: false, digest: true })
 }
 
 /// Validates the batch in `dir` under `rules`.
@@ -145,7 +149,7 @@ pub fn validate_with(dir: &Path, rules: Rules<'_>) -> Result<Validated, Unreadab
     findings.extend(csv.findings);
     let mut markers = vec![crate::ship::DONE_FILE];
     markers.extend(marker);
-    let images = images::check_images(dir, &csv.images, &markers, &mut findings);
+    let images = images::check_images(dir, &csv.images, &markers, rules.digest, &mut findings);
     let referenced: HashSet<String> = csv.images.iter().map(|i| i.path.clone()).collect();
     let mut ignore = vec![INPUT_CSV];
     ignore.extend(marker);
@@ -161,7 +165,9 @@ pub fn validate_with(dir: &Path, rules: Rules<'_>) -> Result<Validated, Unreadab
     let mut files = vec![BatchFile { path: INPUT_CSV.to_owned(), size: csv_bytes.len() as u64, label: INPUT_CSV.to_owned() }];
     files.extend(images.files);
     let mut sha256 = images.sha256;
-    sha256.insert(INPUT_CSV.to_owned(), crate::fingerprint::sha256_hex(&csv_bytes));
+    if rules.digest {
+        sha256.insert(INPUT_CSV.to_owned(), crate::fingerprint::sha256_hex(&csv_bytes));
+    }
     let bytes = files.iter().map(|f| f.size).sum();
     let mut report = Report::new(batch, csv.rows, referenced.len(), bytes, findings);
     let mut references = csv.references;
