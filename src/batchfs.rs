@@ -58,11 +58,6 @@ impl BatchDir {
     }
 }
 
-/// Opens one file of the batch at `root` (see `BatchDir::file`).
-pub fn open(root: &Path, rel: &str) -> std::io::Result<File> {
-    Ok(BatchDir::open(root)?.file(rel)?.file)
-}
-
 /// Reads one whole file of the batch at `root` (see `BatchDir::read_capped`).
 pub fn read_capped(root: &Path, rel: &str, cap: u64) -> std::io::Result<Vec<u8>> {
     BatchDir::open(root)?.read_capped(rel, cap)
@@ -107,12 +102,15 @@ mod tests {
 
         assert_eq!(read_capped(&batch, "img/a.png", 100).unwrap(), b"inside");
         assert_eq!(read_capped(&batch, "alias.png", 100).unwrap(), b"inside", "a link within the batch is fine");
+        let dir = BatchDir::open(&batch).unwrap();
+        let refused = |rel: &str| dir.file(rel).err().unwrap_or_else(|| panic!("{rel} opened"));
         for leaving in ["linked/x.png", "../elsewhere/x.png", "zero"] {
-            let e = open(&batch, leaving).unwrap_err();
+            let e = refused(leaving);
             assert!(is_outside(&e), "{leaving}: {e}");
         }
-        assert!(open(&batch, "fifo").unwrap_err().to_string().contains("not a regular file"), "a FIFO is refused, not waited on");
-        assert!(open(&batch, "img").unwrap_err().to_string().contains("not a regular file"));
+        assert!(refused("fifo").to_string().contains("not a regular file"), "a FIFO is refused, not waited on");
+        assert!(refused("img").to_string().contains("not a regular file"));
+        assert_eq!(dir.file("img/a.png").unwrap().size, 6, "the size as opened");
         assert_eq!(read_capped(&batch, "img/a.png", 3).unwrap_err().kind(), std::io::ErrorKind::FileTooLarge);
     }
 }
