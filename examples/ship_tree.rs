@@ -27,22 +27,9 @@ fn main() -> anyhow::Result<()> {
     }
     // The digest of what is shipped, on every core as validation takes it (timed by
     // scripts/bench with the rest of the process, as send's validation is).
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = files.len().div_ceil(threads).max(1);
-    let checked = std::thread::scope(|scope| {
-        let parts: Vec<_> = files
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|f| Ok((f.path.clone(), jumio_batchd::fingerprint::hash_file(root, &f.path)?)))
-                        .collect::<std::io::Result<Vec<_>>>()
-                })
-            })
-            .collect();
-        parts.into_iter().map(|p| p.join().expect("hashing thread")).collect::<std::io::Result<Vec<_>>>()
-    })?;
-    let checked: std::collections::BTreeMap<String, String> = checked.into_iter().flatten().collect();
+    let hashed =
+        jumio_batchd::batchfs::in_parallel(&files, |f, _| Ok((f.path.clone(), jumio_batchd::fingerprint::hash_file(root, &f.path)?)));
+    let checked = hashed.into_iter().collect::<std::io::Result<std::collections::BTreeMap<String, String>>>()?;
     let started = std::time::Instant::now();
     let uuid = uuid::Uuid::new_v4().to_string();
     let shipment =

@@ -8,6 +8,7 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A batch folder held open: its files are opened beneath this descriptor, so a pass over
 /// thousands of images opens the folder once (and keeps to the folder it opened, should the
@@ -61,6 +62,32 @@ impl BatchDir {
 /// Reads one whole file of the batch at `root` (see `BatchDir::read_capped`).
 pub fn read_capped(root: &Path, rel: &str, cap: u64) -> std::io::Result<Vec<u8>> {
     BatchDir::open(root)?.read_capped(rel, cap)
+}
+
+/// `check` of each item (a batch's files, say), in order, spread over the cores; each thread
+/// reads through a buffer of its own.
+pub fn in_parallel<T: Sync, R: Send>(items: &[T], check: impl Fn(&T, &mut Vec<u8>) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(items.len()).max(1);
+    let next = AtomicUsize::new(0);
+    let some = || {
+        let mut buffer = Vec::new();
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(item) = items.get(i) else { return done };
+            done.push((i, check(item, &mut buffer)));
+        }
+    };
+    let mut done = std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(some)).collect();
+        let mut done = some();
+        for helper in helpers {
+            done.extend(helper.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        }
+        done
+    });
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
 }
 
 /// True when the error says the path leads out of the batch folder.

@@ -2,13 +2,12 @@
 
 use super::csv_rules::ImageRef;
 use super::problem::Findings;
-use crate::batchfs::{BatchDir, Opened};
+use crate::batchfs::{in_parallel, BatchDir, Opened};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub const MAX_IMAGE_BYTES: u64 = 15_000_000;
 pub const MAX_IMAGE_PIXELS_PER_SIDE: usize = 8000;
@@ -78,32 +77,6 @@ pub fn check_images(root: &Path, refs: &[ImageRef], markers: &[&str], digest: bo
         }
     }
     images
-}
-
-/// `check` of each item, in order, spread over the cores; each thread reads through a buffer of
-/// its own.
-fn in_parallel<T: Sync, R: Send>(items: &[T], check: impl Fn(&T, &mut Vec<u8>) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(items.len()).max(1);
-    let next = AtomicUsize::new(0);
-    let some = || {
-        let mut buffer = Vec::new();
-        let mut done = Vec::new();
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(item) = items.get(i) else { return done };
-            done.push((i, check(item, &mut buffer)));
-        }
-    };
-    let mut done = std::thread::scope(|scope| {
-        let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(some)).collect();
-        let mut done = some();
-        for helper in helpers {
-            done.extend(helper.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-        }
-        done
-    });
-    done.sort_by_key(|(i, _)| *i);
-    done.into_iter().map(|(_, r)| r).collect()
 }
 
 /// An image that passed: its size, format and (when asked for) sha256.
