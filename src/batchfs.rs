@@ -90,6 +90,12 @@ pub fn in_parallel<T: Sync, R: Send>(items: &[T], check: impl Fn(&T, &mut Vec<u8
     done.into_iter().map(|(_, r)| r).collect()
 }
 
+/// True when the error is this host running short (descriptors, memory), not the file: the
+/// same read succeeds later, so it may neither reject a batch nor fail it for good.
+pub fn is_exhausted(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS))
+}
+
 /// True when the error says the path leads out of the batch folder.
 pub fn is_outside(e: &std::io::Error) -> bool {
     e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) || e.to_string().contains(OUTSIDE)

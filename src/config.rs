@@ -65,6 +65,9 @@ pub struct Route {
     pub name: Option<String>,
     pub inbox: Option<PathBuf>,
     pub sftp: SftpConfig,
+    /// The Jumio account behind the route, `user@host:port` (`lifecycle::tenancy` may respell
+    /// it as the store already knows the same account).
+    pub tenant: String,
 }
 
 impl Route {
@@ -73,9 +76,14 @@ impl Route {
         self.name.as_deref().unwrap_or(DEFAULT_ROUTE)
     }
 
+    /// The route of `sftp`, its tenant as configured.
+    pub fn new(name: Option<String>, inbox: Option<PathBuf>, sftp: SftpConfig) -> Route {
+        Route { name, inbox, tenant: tenant_of(&sftp), sftp }
+    }
+
     /// The Jumio account behind the route: the duplicate guard is per tenant.
     pub fn tenant(&self) -> String {
-        tenant_of(&self.sftp)
+        self.tenant.clone()
     }
 }
 
@@ -456,12 +464,12 @@ impl Loaded {
         let config = &self.config;
         if config.routes.is_empty() {
             let inbox = config.paths.as_ref().map(|p| p.inbox.clone());
-            return Ok(vec![Route { name: None, inbox, sftp: self.sftp()?.clone() }]);
+            return Ok(vec![Route::new(None, inbox, self.sftp()?.clone())]);
         }
         Ok(config
             .routes
             .iter()
-            .map(|(name, r)| Route { name: Some(name.clone()), inbox: Some(config.route_inbox(r)), sftp: config.route_sftp(r) })
+            .map(|(name, r)| Route::new(Some(name.clone()), Some(config.route_inbox(r)), config.route_sftp(r)))
             .collect())
     }
 

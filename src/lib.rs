@@ -10,6 +10,7 @@ pub mod derive;
 pub mod failpoint;
 pub mod fingerprint;
 pub mod folders;
+pub mod layout;
 pub mod lifecycle;
 pub mod metrics;
 pub mod receipt;

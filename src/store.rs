@@ -158,6 +158,8 @@ pub struct Contents<'a> {
     pub files: usize,
     pub bytes: u64,
     pub file_list: &'a [BatchFile],
+    /// The sha256 of each file as validation read it (empty when not taken).
+    pub sha256: &'a BTreeMap<String, String>,
 }
 
 /// What a transition changes besides the state. `None` leaves a field as it is, except
@@ -250,9 +252,9 @@ macro_rules! set_contents {
             .execute(&mut *$tx)
             .await?;
         for chunk in contents.file_list.chunks(ROWS_PER_STATEMENT) {
-            let mut insert = sqlx::QueryBuilder::new("INSERT INTO files (batch_id, path, size) ");
+            let mut insert = sqlx::QueryBuilder::new("INSERT INTO files (batch_id, path, size, sha256) ");
             insert.push_values(chunk, |mut row, file| {
-                row.push_bind(id).push_bind(&file.path).push_bind(file.size as i64);
+                row.push_bind(id).push_bind(&file.path).push_bind(file.size as i64).push_bind(contents.sha256.get(&file.path));
             });
             insert.build().execute(&mut *$tx).await?;
         }
@@ -700,6 +702,18 @@ impl Store {
         Ok(on_db!(self, |pool| sqlx::query_as(sql).bind(content_key).bind(except_id).bind(tenant).fetch_all(pool).await?))
     }
 
+    /// When the newest submitted batch was submitted.
+    pub async fn last_submitted_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let sql = "SELECT MAX(submitted_at) FROM batches WHERE state = 'submitted'";
+        Ok(on_db!(self, |pool| sqlx::query_scalar(sql).fetch_one(pool).await?))
+    }
+
+    /// Every tenant a batch was recorded for.
+    pub async fn tenants(&self) -> Result<Vec<String>, StoreError> {
+        let sql = "SELECT DISTINCT tenant FROM batches WHERE tenant IS NOT NULL ORDER BY tenant";
+        Ok(on_db!(self, |pool| sqlx::query_scalar(sql).fetch_all(pool).await?))
+    }
+
     /// The batches made from `parent` (resubmissions and parts), oldest first.
     pub async fn children(&self, parent: i64) -> Result<Vec<BatchRecord>, StoreError> {
         let sql = "SELECT * FROM batches WHERE parent_id = $1 ORDER BY id";
@@ -724,10 +738,11 @@ impl Store {
         Ok(on_db!(self, |pool| sqlx::query_as(sql).bind(limit).fetch_all(pool).await?))
     }
 
-    pub async fn counts(&self) -> Result<BTreeMap<String, i64>, StoreError> {
+    /// Batches by state (a state with none is absent).
+    pub async fn counts(&self) -> Result<BTreeMap<State, i64>, StoreError> {
         let sql = "SELECT state, COUNT(*) FROM batches GROUP BY state";
         let rows: Vec<(State, i64)> = on_db!(self, |pool| sqlx::query_as(sql).fetch_all(pool).await?);
-        Ok(rows.into_iter().map(|(s, n)| (s.to_string(), n)).collect())
+        Ok(rows.into_iter().collect())
     }
 
     pub async fn events(&self, id: i64) -> Result<Vec<Event>, StoreError> {
@@ -770,8 +785,18 @@ impl Store {
 
     /// sha256 of a submitted batch's files, by path: what its receipt lists.
     pub async fn shipped_hashes(&self, id: i64) -> Result<BTreeMap<String, String>, StoreError> {
-        let sql = "SELECT path, sha256 FROM files WHERE batch_id = $1 AND sha256 IS NOT NULL ORDER BY path";
-        let rows: Vec<(String, String)> = on_db!(self, |pool| sqlx::query_as(sql).bind(id).fetch_all(pool).await?);
+        self.digests(id, true).await
+    }
+
+    /// sha256 of a batch's files as they were checked (and, once shipped, as they were sent).
+    pub async fn checked_hashes(&self, id: i64) -> Result<BTreeMap<String, String>, StoreError> {
+        self.digests(id, false).await
+    }
+
+    async fn digests(&self, id: i64, shipped_only: bool) -> Result<BTreeMap<String, String>, StoreError> {
+        let sql = "SELECT path, sha256 FROM files WHERE batch_id = $1 AND sha256 IS NOT NULL AND (shipped OR $2 = 0) ORDER BY path";
+        let rows: Vec<(String, String)> =
+            on_db!(self, |pool| sqlx::query_as(sql).bind(id).bind(i64::from(shipped_only)).fetch_all(pool).await?);
         Ok(rows.into_iter().collect())
     }
 

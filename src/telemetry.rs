@@ -48,3 +48,26 @@ pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'stat
         },
     }
 }
+
+/// When a warning that may repeat many times a second is due again: the first time, then at
+/// most once per `every` (a flood of failures is one line a minute, not thousands a second).
+#[derive(Debug)]
+pub struct Every {
+    every: std::time::Duration,
+    last: Option<std::time::Instant>,
+}
+
+impl Every {
+    pub fn new(every: std::time::Duration) -> Every {
+        Every { every, last: None }
+    }
+
+    pub fn due(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        if self.last.is_some_and(|last| now.duration_since(last) < self.every) {
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
+}

@@ -74,6 +74,12 @@ fn the_demo_runs_the_daemon_to_the_end_and_shows_the_receipt_and_the_report() {
 /// `/metrics` as Prometheus scrapes it: HTTP GET, then the text format parsed by a
 /// Prometheus text-format parser.
 fn scrape(port: u16) -> Vec<prometheus_parse::Sample> {
+    let lines = scrape_text(port).lines().map(|l| Ok(l.to_owned())).collect::<Vec<_>>();
+    prometheus_parse::Scrape::parse(lines.into_iter()).expect("Prometheus text format").samples
+}
+
+/// The body of `/metrics`, as served.
+fn scrape_text(port: u16) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
@@ -81,8 +87,35 @@ fn scrape(port: u16) -> Vec<prometheus_parse::Sample> {
     stream.read_to_string(&mut response).unwrap();
     let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
     assert!(head.starts_with("HTTP/1.") && head.contains(" 200"), "{head}");
-    let lines = body.lines().map(|l| Ok(l.to_owned()));
-    prometheus_parse::Scrape::parse(lines).expect("Prometheus text format").samples
+    body.to_owned()
+}
+
+/// Runs Prometheus's own `promtool` (Debian's prometheus package; scripts/test installs it) with
+/// `input` on its standard input.
+fn promtool(args: &[&str], input: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; scripts/test installs it)");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn the_readme_alerts_are_valid_prometheus_rules() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let rules = readme.split("```yaml\n").nth(1).and_then(|r| r.split("```").next()).expect("the alerts in README");
+    assert!(rules.contains("jumio_batchd_batches_filed_total"), "{rules}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("alerts.yml");
+    std::fs::write(&file, rules).unwrap();
+    let (ok, said) = promtool(&["check", "rules", file.to_str().unwrap()], "");
+    assert!(ok, "{said}");
 }
 
 fn value(samples: &[prometheus_parse::Sample], metric: &str, label: Option<(&str, &str)>) -> f64 {
@@ -106,6 +139,16 @@ fn metrics_are_served_in_the_prometheus_text_format_and_move_as_batches_are_file
 
     let before = scrape(port);
     assert_eq!(value(&before, "jumio_batchd_build_info", Some(("version", env!("CARGO_PKG_VERSION")))), 1.0);
+    // Every series an alert may watch is there from the start, at 0: `increase()` sees the first.
+    for outcome in ["done", "rejected", "failed"] {
+        assert_eq!(value(&before, "jumio_batchd_batches_filed_total", Some(("outcome", outcome))), 0.0, "{outcome}");
+    }
+    for counter in ["jumio_batchd_retries_total", "jumio_batchd_bytes_shipped_total", "jumio_batchd_files_shipped_total"] {
+        assert_eq!(value(&before, counter, None), 0.0, "{counter}");
+    }
+    assert!(value(&before, "jumio_batchd_last_submission_timestamp_seconds", None) > 1.7e9, "set at start");
+    let (ok, said) = promtool(&["check", "metrics"], &scrape_text(port));
+    assert!(ok, "promtool check metrics:\n{said}");
 
     let good = drops.stage("metrics-good").with_tagged_rows(3, "metrics-good");
     let bytes = support::sshd::dir_bytes(&good.dir);

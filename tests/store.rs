@@ -25,7 +25,7 @@ async fn insert(store: &Store, name: &str, key: &str) -> i64 {
 
 async fn insert_for(store: &Store, name: &str, key: &str, tenant: Option<&str>) -> i64 {
     let files = files();
-    let contents = Contents { content_key: key, rows: 1, files: 1, bytes: 30, file_list: &files };
+    let contents = Contents { content_key: key, rows: 1, files: 1, bytes: 30, file_list: &files, sha256: &BTreeMap::new() };
     let origin = Origin { tenant: tenant.map(str::to_owned), ..Origin::default() };
     store.insert(name, &format!("/srv/work/{name}"), &origin, &contents).await.unwrap().id
 }
@@ -127,7 +127,7 @@ async fn lookups_progress_and_file_hashes() {
     assert_eq!(store.find_unfinished("/srv/work/a", "k1", None).await.unwrap().unwrap().id, a);
     assert!(store.find_unfinished("/srv/work/a", "k2", None).await.unwrap().is_none());
     assert_eq!(store.in_state(State::Discovered).await.unwrap().len(), 2);
-    assert_eq!(store.counts().await.unwrap(), BTreeMap::from([("discovered".to_owned(), 2)]));
+    assert_eq!(store.counts().await.unwrap(), BTreeMap::from([(State::Discovered, 2)]));
     assert_eq!(store.recent(1).await.unwrap().len(), 1);
     store.set_bytes_sent(a, 12345).await.unwrap();
     assert_eq!(store.get(a).await.unwrap().unwrap().bytes_sent, 12345);
@@ -183,8 +183,20 @@ async fn a_claim_is_recorded_under_a_folder_that_carries_its_id_and_can_be_forgo
     let (again, _) = store.claim("daily", &Origin::default(), |id| format!("/srv/work/{id}.daily")).await.unwrap();
     assert_ne!(again.id, claimed.id, "the same name claimed again is another batch");
     let files = files();
-    store.record_contents(again.id, &Contents { content_key: "k", rows: 1, files: 1, bytes: 30, file_list: &files }).await.unwrap();
-    store.record_contents(again.id, &Contents { content_key: "k2", rows: 1, files: 1, bytes: 30, file_list: &files }).await.unwrap();
+    store
+        .record_contents(
+            again.id,
+            &Contents { content_key: "k", rows: 1, files: 1, bytes: 30, file_list: &files, sha256: &BTreeMap::new() },
+        )
+        .await
+        .unwrap();
+    store
+        .record_contents(
+            again.id,
+            &Contents { content_key: "k2", rows: 1, files: 1, bytes: 30, file_list: &files, sha256: &BTreeMap::new() },
+        )
+        .await
+        .unwrap();
     let recorded = store.get(again.id).await.unwrap().unwrap();
     assert_eq!((recorded.content_key.as_str(), recorded.bytes, store.files(again.id).await.unwrap().len()), ("k2", 30, 2));
     assert!(store.forget_unclaimed(claimed.id).await.unwrap());

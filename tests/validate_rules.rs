@@ -78,7 +78,8 @@ fn csv_must_be_named_input_csv() {
     let both = Batch::new("b").csv(&format!("{MINIMAL}10015,r1\n")).file("old.csv", b"x");
     check(&both, &[(None, None, "csv_wrong_name")], &[]);
     let report = report(&both);
-    assert!(report.errors[0].message.contains("old.csv"));
+    assert!(report.errors[0].message.contains("1 CSV file(s) not named exactly input.csv"), "{}", report.errors[0].message);
+    assert!(!report.errors[0].message.contains("old.csv"), "file names may be personal: counted, never quoted");
 }
 
 #[test]
@@ -380,8 +381,11 @@ fn a_misspelt_case_gets_the_real_name_as_hint() {
 
 #[test]
 fn unreferenced_files_are_warnings_and_the_marker_is_not_one() {
-    let batch = Batch::valid("b", 1).file("notes.txt", b"x").file("DONE", b"").file(".hidden", b"x");
+    let batch = Batch::valid("b", 1).file("notes.txt", b"x").file("DONE", b"").file(".hidden", b"x").file("img/Zelda Quixwort.png", b"x");
     check(&batch, &[], &[(None, None, "unreferenced_file")]);
+    let warning = &report(&batch).warnings[0].message;
+    assert!(warning.starts_with("2 file(s) in the batch folder (1 of them in subfolders)"), "{warning}");
+    assert!(!warning.contains("notes") && !warning.contains("Zelda"), "file names may be personal: {warning}");
 }
 
 #[test]

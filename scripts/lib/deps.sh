@@ -17,6 +17,11 @@ ensure_deps() {
   command -v lintian >/dev/null || missing+=(lintian)     # the Debian package test
   # A private PostgreSQL server for the fleet tests (tests/support/postgres.rs starts its own).
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
+  # promtool checks the metrics and README's alert rules (tests/operator.rs).
+  command -v promtool >/dev/null || missing+=(prometheus)
+  # A daemon under a shifted clock (tests/fleet.rs), and a real network share (tests/share.rs).
+  ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || missing+=(libfaketime)
+  command -v sshfs >/dev/null || missing+=(sshfs)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}" >&2
     as_root apt-get update -qq

@@ -3,6 +3,7 @@
 use super::{EXIT_INVALID, EXIT_OK};
 use crate::config::{Config, Route};
 use crate::folders::same_filesystem;
+use crate::layout::Layout;
 use crate::ship;
 use crate::store::Store;
 use std::path::Path;
@@ -56,6 +57,14 @@ pub async fn run(config: Option<&Path>) -> anyhow::Result<u8> {
                 Err(e) => Err(format!("cannot compare filesystems: {e}")),
             };
             checks.report("claiming", same);
+            if let Ok(routes) = loaded.routes() {
+                let state = &loaded.config.state;
+                let database = state.postgres_url().is_none().then_some(state.database.as_path());
+                let apart = Layout::check(paths, &routes, database)
+                    .map(|_| "no inbox or drop folder is another, or lies inside another".to_owned())
+                    .map_err(|e| e.to_string());
+                checks.report("folders apart", apart);
+            }
         }
         Err(e) => checks.report("paths", Err(e.to_string())),
     }

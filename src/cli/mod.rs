@@ -79,7 +79,7 @@ pub enum Command {
         /// The batch, by folder name or id (see `status`).
         batch: String,
         /// The first data row to send again (1-based, as `validate` reports rows).
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, value_name = "N")]
         from_row: u64,
         /// A corrected copy of the batch's input.csv (same header) to take the rows from.
         #[arg(long, value_name = "FIXED.csv")]

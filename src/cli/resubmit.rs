@@ -15,6 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 pub async fn run(config: Option<&Path>, key: &str, from_row: usize, csv: Option<&Path>, json: bool) -> anyhow::Result<u8> {
+    if from_row == 0 {
+        eprintln!("{key}: cannot resubmit from row 0: rows count from 1, the first row after the header (as `validate` and the Portal count them)");
+        return Ok(EXIT_INVALID);
+    }
     let loaded = Config::load_or_default(config)?;
     telemetry::init(Sink::Stderr, false, "info");
     let paths = match &loaded.config.paths {
@@ -23,7 +27,7 @@ pub async fn run(config: Option<&Path>, key: &str, from_row: usize, csv: Option<
     };
     let store = Store::connect(&loaded.config.state, &loaded.config.fleet).await?;
     let stop = Arc::new(AtomicBool::new(false));
-    let life = Lifecycle::new(store, &loaded.config, loaded.routes()?, stop.clone());
+    let life = Lifecycle::new(store, &loaded.config, loaded.routes()?, stop.clone()).await?;
     let shutdown = super::run::shutdown_signal()?;
     tokio::spawn(async move {
         shutdown.await;
@@ -41,7 +45,12 @@ pub async fn run(config: Option<&Path>, key: &str, from_row: usize, csv: Option<
     let (record, dir, lock) = match life.resubmission(&original, from_row, fixed, &paths.work).await {
         Ok(Prepared::Ready { record, dir, lock }) => (record, dir, lock),
         Ok(Prepared::Finished(outcome)) => return send::report(*outcome, shown),
-        Err(e @ (ResubmitError::NotShipped { .. } | ResubmitError::CopyGone { .. } | ResubmitError::Rows(_))) => {
+        Err(
+            e @ (ResubmitError::NotShipped { .. }
+            | ResubmitError::CopyGone { .. }
+            | ResubmitError::Tampered { .. }
+            | ResubmitError::Rows(_)),
+        ) => {
             eprintln!("{}: cannot resubmit: {e}", original.name);
             return Ok(EXIT_INVALID);
         }

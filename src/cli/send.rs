@@ -34,7 +34,7 @@ pub async fn run(config: Option<&Path>, dir: &Path, shown: Shown, allow_duplicat
     let route = loaded.route(route)?;
     let store = Store::connect(&loaded.config.state, &loaded.config.fleet).await?;
     let stop = Arc::new(AtomicBool::new(false));
-    let mut life = Lifecycle::new(store, &loaded.config, vec![route], stop.clone());
+    let mut life = Lifecycle::new(store, &loaded.config, vec![route], stop.clone()).await?;
     let bars = Bars::default();
     if terminal && !shown.quiet {
         life.watch_upload = Some(bars.watcher());

@@ -223,10 +223,10 @@ fn one(r: &BatchRecord, parent: Option<&BatchRecord>, children: &[BatchRecord]) 
     text
 }
 
-fn overview(counts: &std::collections::BTreeMap<String, i64>, records: &[BatchRecord]) -> String {
+fn overview(counts: &std::collections::BTreeMap<State, i64>, records: &[BatchRecord]) -> String {
     let mut text = String::from("batches:");
     for state in State::ALL {
-        text.push_str(&format!(" {} {}", state, counts.get(state.as_str()).copied().unwrap_or(0)));
+        text.push_str(&format!(" {} {}", state, counts.get(&state).copied().unwrap_or(0)));
     }
     text.push('\n');
     let in_flight: Vec<&BatchRecord> = records.iter().filter(|r| r.state == State::Uploading).collect();

@@ -10,7 +10,17 @@ use std::time::{Duration, Instant, SystemTime};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub name: String,
-    pub is_dir: bool,
+    pub kind: EntryKind,
+}
+
+/// What an inbox entry is: only a real folder can be a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    Folder,
+    /// A regular file, FIFO, socket or device.
+    File,
+    /// A symbolic link (to a folder or anything else): never followed.
+    Link,
 }
 
 /// Every file below an entry with its size and mtime: equal snapshots mean nothing changed.
@@ -35,10 +45,12 @@ pub fn scan(inbox: &Path) -> std::io::Result<Vec<Entry>> {
             continue;
         }
         let Ok(kind) = entry.file_type() else { continue };
-        if kind.is_symlink() {
-            continue;
-        }
-        entries.push(Entry { name, is_dir: kind.is_dir() });
+        let kind = match kind {
+            k if k.is_symlink() => EntryKind::Link,
+            k if k.is_dir() => EntryKind::Folder,
+            _ => EntryKind::File,
+        };
+        entries.push(Entry { name, kind });
     }
     entries.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(entries)
@@ -85,13 +97,13 @@ impl Settle {
         let mut next = None::<Instant>;
         for entry in entries {
             let path = inbox.join(&entry.name);
-            if entry.is_dir && mode == Readiness::Marker {
+            if entry.kind == EntryKind::Folder && mode == Readiness::Marker {
                 if path.join(marker).is_file() {
                     ready.push(entry.clone());
                 }
                 continue;
             }
-            // Settle mode, and loose files in either mode.
+            // Settle mode, and loose files and links in either mode (a link is never followed).
             let snap = snapshot(&path);
             let since = match self.seen.get(&entry.name) {
                 Some((old, since)) if *old == snap => *since,

@@ -7,10 +7,12 @@ mod systemd;
 mod watch;
 
 pub use inbox::is_ignored;
+use inbox::EntryKind;
 
 use crate::batch::State;
 use crate::config::{Loaded, PathsConfig, Readiness, Route, WatchConfig};
 use crate::folders::{self, folder_name, parse_claimed};
+use crate::layout::Layout;
 use crate::lifecycle::{self, Guard, Held, Lifecycle, LifecycleError, Locks, Outcome};
 use crate::store::{BatchRecord, Store, StoreError};
 use crate::telemetry::blocking;
@@ -42,6 +44,10 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Lock(#[from] lifecycle::LockError),
+    #[error(transparent)]
+    Layout(#[from] crate::layout::LayoutError),
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
     #[error("jumio-batchd is already running as {holder} on the state database {}; stop it first (or give this one its own [state] database)", database.display())]
     AlreadyRunning { holder: lifecycle::Holder, database: PathBuf },
     #[error("a daemon with host id {host} is already running in the fleet (PID {pid}, its last heartbeat at {at}); give each daemon its own [fleet] host_id, or stop that one first")]
@@ -113,16 +119,18 @@ struct Inbox {
     missing: bool,
 }
 
-fn inboxes(paths: &PathsConfig, routes: &[Route]) -> Vec<Inbox> {
+/// The inboxes to scan: one per route, and with named routes the top of `[paths] inbox` too,
+/// where a batch belongs to no route (the routes' inboxes in it are skipped).
+fn inboxes(paths: &PathsConfig, routes: &[Route], layout: &Layout) -> Vec<Inbox> {
     let inbox = |path: PathBuf, route, skip| Inbox { path, route, skip, settle: inbox::Settle::default(), missing: false };
     let mut all: Vec<Inbox> = routes
         .iter()
         .enumerate()
         .map(|(i, r)| inbox(r.inbox.clone().unwrap_or_else(|| paths.inbox.clone()), Some(i), Vec::new()))
         .collect();
-    if routes.iter().any(|r| r.name.is_some()) && !all.iter().any(|i| i.path == paths.inbox) {
-        let skip = all.iter().filter(|i| i.path.parent() == Some(&paths.inbox)).map(|i| folder_name(&i.path)).collect();
-        all.push(inbox(paths.inbox.clone(), None, skip));
+    let top_is_a_route = layout.routes.iter().any(|r| r.real == layout.top.real);
+    if routes.iter().any(|r| r.name.is_some()) && !top_is_a_route {
+        all.push(inbox(paths.inbox.clone(), None, layout.route_names_in_top()));
     }
     all
 }
@@ -142,6 +150,7 @@ impl Daemon {
                 Locks::beside(database).daemon()?.map_err(|holder| DaemonError::AlreadyRunning { holder, database: database.clone() })?,
             ),
         };
+        let layout = Layout::check(&paths, &routes, (!fleet).then_some(database.as_path()))?;
         prepare_folders(&paths, &routes)?;
         if !fleet && !database.exists() && !new_database {
             if let Some(history) = [&paths.work, &paths.done, &paths.failed, &paths.rejected].into_iter().find(|d| holds_anything(d)) {
@@ -163,8 +172,8 @@ impl Daemon {
             tracing::info!(host_id = %fleet.host, lease_secs = fleet.lease.as_secs(), database = %state.shown(), "fleet mode: sharing the state database");
         }
         let database = (!fleet).then(|| (database.clone(), file_identity(database)));
-        let inboxes = inboxes(&paths, &routes);
-        let life = Lifecycle::new(store, &loaded.config, routes, Arc::new(AtomicBool::new(false)));
+        let inboxes = inboxes(&paths, &routes, &layout);
+        let life = Lifecycle::new(store, &loaded.config, routes, Arc::new(AtomicBool::new(false))).await?;
         forget_unclaimed(&life, &paths.work).await?;
         Ok(Daemon {
             life: Arc::new(life),
@@ -332,9 +341,9 @@ impl Daemon {
             self.inboxes[at].settle.forget(&entry.name);
             let name = folders::shown(&entry.name);
             let route = match route {
-                Some(route) if entry.is_dir => self.life.routes[route].clone(),
+                Some(route) if entry.kind == EntryKind::Folder => self.life.routes[route].clone(),
                 _ => {
-                    self.file_misplaced(&src, &name, entry.is_dir).await;
+                    self.file_misplaced(&src, &name, entry.kind).await;
                     continue;
                 }
             };
@@ -353,21 +362,30 @@ impl Daemon {
         }
     }
 
-    /// A loose file in an inbox, or a folder dropped where no route takes it: filed into
-    /// rejected/ with a report saying where batches go.
-    async fn file_misplaced(&self, src: &Path, name: &str, is_dir: bool) {
+    /// A loose file or a link in an inbox, or a folder dropped where no route takes it: filed
+    /// into rejected/ with a report saying where batches go (a link is moved, never followed).
+    async fn file_misplaced(&self, src: &Path, name: &str, kind: EntryKind) {
         let (file, rejected) = (src.to_path_buf(), self.paths.rejected.clone());
         let routes: Vec<String> = self.inboxes.iter().filter(|i| i.route.is_some()).map(|i| i.path.display().to_string()).collect();
-        match blocking(
-            move || if is_dir { lifecycle::file_unrouted(&file, &rejected, &routes) } else { lifecycle::file_loose(&file, &rejected) },
-        )
-        .await
-        {
-            Ok(to) if is_dir => {
+        let filed = blocking(move || match kind {
+            EntryKind::Folder => lifecycle::file_unrouted(&file, &rejected, &routes),
+            EntryKind::File => lifecycle::file_loose(&file, &rejected),
+            EntryKind::Link => lifecycle::file_link(&file, &rejected),
+        })
+        .await;
+        match (filed, kind) {
+            (Ok(to), EntryKind::Folder) => {
                 tracing::warn!(batch = %name, to = %to.display(), "a batch dropped outside every route's inbox; filed with a report")
             }
-            Ok(to) => tracing::warn!(file = %name, to = %to.display(), "a loose file in the inbox is not a batch; filed with a report"),
-            Err(e) => tracing::error!(file = %name, "cannot move a misplaced entry out of the inbox: {e}"),
+            (Ok(to), EntryKind::File) => {
+                tracing::warn!(file = %name, to = %to.display(), "a loose file in the inbox is not a batch; filed with a report")
+            }
+            (Ok(to), EntryKind::Link) => tracing::warn!(
+                link = %name,
+                to = %to.display(),
+                "a symbolic link in the inbox is not a batch (nothing is read through it); filed with a report"
+            ),
+            (Err(e), _) => tracing::error!(file = %name, "cannot move a misplaced entry out of the inbox: {e}"),
         }
     }
 
@@ -421,21 +439,21 @@ impl Daemon {
     pub async fn publish_metrics(&self, step: &Step) {
         crate::metrics::queue(step.ready.saturating_sub(step.claimed), self.running.len());
         if let Ok(counts) = self.life.store.counts().await {
-            crate::metrics::states(State::ALL.iter().map(|s| (s.as_str(), counts.get(s.as_str()).copied().unwrap_or(0))));
+            crate::metrics::states(&counts);
         }
     }
 
     /// One line for `systemctl status`.
     pub async fn status_line(&self) -> String {
         let counts = self.life.store.counts().await.unwrap_or_default();
-        let n = |s: &str| counts.get(s).copied().unwrap_or(0);
+        let n = |s: State| counts.get(&s).copied().unwrap_or(0);
         format!(
             "{} in flight, {} waiting to retry; {} submitted, {} rejected, {} failed in all",
             self.running.len(),
-            n("retry_wait"),
-            n("submitted"),
-            n("rejected"),
-            n("failed")
+            n(State::RetryWait),
+            n(State::Submitted),
+            n(State::Rejected),
+            n(State::Failed)
         )
     }
 
@@ -496,9 +514,15 @@ async fn forget_unclaimed(life: &Lifecycle, work: &Path) -> Result<(), DaemonErr
 
 /// Runs until `shutdown` resolves (or, with `once`, until every batch ready now is handled).
 pub async fn run(loaded: &Loaded, shutdown: impl Future<Output = ()>, once: bool, new_database: bool) -> Result<(), DaemonError> {
+    let (open_files, was) = systemd::raise_open_files_limit();
+    if open_files != was {
+        tracing::debug!(open_files, was, "raised the limit of open files to the hard limit");
+    }
     let mut daemon = Daemon::start(loaded, new_database).await?;
     if let Some(listen) = &loaded.config.metrics.listen {
-        crate::metrics::serve(listen)?;
+        crate::metrics::serve(listen, tokio_util::sync::CancellationToken::new()).await?;
+        let last = daemon.store().last_submitted_at().await.ok().flatten();
+        crate::metrics::last_submission(last.map_or_else(std::time::SystemTime::now, Into::into));
         tracing::info!(listen = %listen, "serving Prometheus metrics at /metrics");
     }
     let paths = loaded.paths()?;
@@ -511,6 +535,7 @@ pub async fn run(loaded: &Loaded, shutdown: impl Future<Output = ()>, once: bool
     tokio::spawn(systemd::watchdog(heartbeat.clone(), poll * 3 + Duration::from_secs(30)));
     tracing::info!(inbox = %paths.inbox.display(), ready = ?loaded.config.watch.ready, events = watch.is_active(), "jumio-batchd running");
     let mut last_status = String::new();
+    let mut stalled = crate::telemetry::Every::new(Duration::from_secs(60));
     if once && loaded.config.watch.ready == Readiness::Settle {
         daemon.step().await?;
         tokio::time::sleep(Duration::from_secs(loaded.config.watch.settle_secs)).await;
@@ -526,9 +551,12 @@ pub async fn run(loaded: &Loaded, shutdown: impl Future<Output = ()>, once: bool
         }
         let step = match daemon.step().await {
             Ok(step) => step,
-            // The database out of reach: the batches in flight wait for it; so does the loop.
-            Err(DaemonError::Store(e)) if !once => {
-                tracing::warn!("{e}; trying again in {} s", poll.as_secs());
+            // The database out of reach, work/ unreadable, descriptors run out: the batches in
+            // flight wait for it; so does the loop (said once a minute, not at every step).
+            Err(e) if !once => {
+                if stalled.due() {
+                    tracing::warn!("{e}; trying again every {} s (said once a minute while it lasts)", poll.as_secs());
+                }
                 Step { wake_at: Some(Instant::now() + poll), ..Step::default() }
             }
             Err(e) => return Err(e),

@@ -55,3 +55,19 @@ pub async fn watchdog(heartbeat: Heartbeat, stall: Duration) {
         tokio::time::sleep(every).await;
     }
 }
+
+/// Raises this process's soft limit of open descriptors to its hard limit (systemd's default
+/// soft limit is 1024, its hard one far higher; the unit sets `LimitNOFILE=` too). Returns the
+/// limit now in force, and what it was.
+pub fn raise_open_files_limit() -> (Option<u64>, Option<u64>) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let before = getrlimit(Resource::Nofile);
+    if before.current == before.maximum {
+        return (before.current, before.current);
+    }
+    let raised = rustix::process::Rlimit { current: before.maximum, maximum: before.maximum };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => (before.maximum, before.current),
+        Err(_) => (before.current, before.current),
+    }
+}

@@ -2,7 +2,7 @@
 //! anything remote, the shipment on a blocking thread, then submitted / retry_wait / failed.
 
 use super::{Claim, Lifecycle, LifecycleError, Outcome};
-use crate::batch::{RejectReason, State};
+use crate::batch::{Kind, RejectReason, State};
 use crate::config::SftpConfig;
 use crate::fingerprint;
 use crate::receipt::Receipt;
@@ -39,10 +39,16 @@ impl Lifecycle {
     async fn start(&self, claim: &Claim, allow_duplicate: bool) -> Result<Result<BatchRecord, Outcome>, LifecycleError> {
         let record = claim.record.clone();
         let from = record.state;
-        match from {
-            State::Uploading => return Ok(Ok(record)),
-            State::Validated | State::RetryWait => {}
-            other => panic!("bug: attempt on a batch in state {other}"),
+        if !matches!(from, State::Uploading | State::Validated | State::RetryWait) {
+            panic!("bug: attempt on a batch in state {from}");
+        }
+        // Where its route points now must be the tenant (and folder) it was recorded for.
+        if let Some(reason) = super::tenancy::refusal(&record, self.route(&record)?).await {
+            tracing::error!(batch = %record.name, id = record.id, "{reason}");
+            return self.fail(record, &reason).await.map(Err);
+        }
+        if from == State::Uploading {
+            return Ok(Ok(record));
         }
         if from == State::Validated && !allow_duplicate {
             if let Some(of) = self.duplicate_of(claim).await? {
@@ -89,7 +95,7 @@ impl Lifecycle {
     async fn refuse_duplicate(&self, claim: &Claim, of: BatchRecord) -> Result<Outcome, LifecycleError> {
         let record = claim.record.clone();
         let change = Change {
-            last_error: Some(duplicate_message(&of)),
+            last_error: Some(duplicate_message(&record, &of)),
             reject_reason: Some(RejectReason::Duplicate),
             duplicate_of: Some(of.id),
             ..Change::default()
@@ -188,14 +194,22 @@ impl Lifecycle {
     }
 }
 
-pub fn duplicate_message(of: &BatchRecord) -> String {
+/// Why `record` was refused as a duplicate of `of`, and what to do: `send` may force it; a
+/// resubmission (which has no such flag) is the same rows asked for twice.
+pub fn duplicate_message(record: &BatchRecord, of: &BatchRecord) -> String {
     let uuid = of.remote_uuid.as_deref().unwrap_or("?");
-    match of.submitted_at {
-        Some(at) => {
-            format!("duplicate of {}, submitted {} as {uuid}; send with --allow-duplicate to submit it again", of.name, at.to_rfc3339())
+    let what = match of.submitted_at {
+        Some(at) => format!("duplicate of {}, submitted {} as {uuid}", of.name, at.to_rfc3339()),
+        None => format!("duplicate of {}, being uploaded now as {uuid}", of.name),
+    };
+    let hint = match (record.origin.kind, of.submitted_at) {
+        (Some(Kind::Resubmission), Some(_)) => "these rows were already resubmitted; nothing is sent twice".to_owned(),
+        (Some(Kind::Resubmission), None) => {
+            format!("the same rows are being resubmitted now by another command; see `jumio-batchd status {}`", of.id)
         }
-        None => format!("duplicate of {}, being uploaded now as {uuid}; send with --allow-duplicate to submit it again", of.name),
-    }
+        _ => "send with --allow-duplicate to submit it again".to_owned(),
+    };
+    format!("{what}; {hint}")
 }
 
 /// Ends the progress reporter however the upload ends (a panic included).

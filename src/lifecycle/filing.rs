@@ -67,10 +67,13 @@ into the inbox again (with the ready marker written last). Warnings do not stop 
 
 /// A valid batch refused because the same content was already submitted (or is on its way).
 pub fn file_duplicate(dir: &Path, rejected: &Path, record: &BatchRecord, report: &Report, reason: &str) -> std::io::Result<PathBuf> {
+    let again = match record.origin.kind {
+        Some(crate::batch::Kind::Resubmission) => "",
+        _ => " If you really mean to submit it again, run\n  jumio-batchd send --allow-duplicate <this folder>",
+    };
     let text = format!(
-        "Batch \"{}\" was NOT sent to Jumio: {reason}.\n\nThe same input.csv and images were already submitted; sending them again would create\n\
-         the same transactions twice, and each one is charged. If you really mean to submit it again, run\n\
-         jumio-batchd send --allow-duplicate <this folder>\n",
+        "Batch \"{}\" was NOT sent to Jumio: {reason}.\n\nThe same input.csv and images were already submitted or are on their way; sending them again\n\
+         would create the same transactions twice, and each one is charged.{again}\n",
         report.batch
     );
     write(dir, REJECTED_FILE, &text)?;
@@ -110,6 +113,21 @@ pub fn file_loose(file: &Path, rejected: &Path) -> std::io::Result<PathBuf> {
          input.csv and the images it names. Nothing was sent to Jumio.\n\n\
          To send it: make a folder, put input.csv and the images in it, and drop the folder into the inbox\n\
          (with the ready marker written last). If this is a zip archive, unpack it first.\n"
+    );
+    write(&holder, REJECTED_FILE, &text)?;
+    Ok(holder)
+}
+
+/// A symbolic link in an inbox: moved (the link itself, never what it points to) into a
+/// folder of rejected/ with a report. Nothing is read through it.
+pub fn file_link(link: &Path, rejected: &Path) -> std::io::Result<PathBuf> {
+    let name = folder_name(link);
+    let holder = create_unique_dir(rejected, &name)?;
+    std::fs::rename(link, holder.join(&name))?;
+    let text = format!(
+        "\"{name}\" was dropped into the inbox as a symbolic link, not as a folder. jumio-batchd never reads a\n\
+         batch through a link (it could lead anywhere on this host). Nothing was read or sent to Jumio.\n\n\
+         To send it: copy (or move) the batch folder itself into the inbox, with the ready marker written last.\n"
     );
     write(&holder, REJECTED_FILE, &text)?;
     Ok(holder)

@@ -8,20 +8,24 @@
 mod attempt;
 mod filing;
 mod lease;
-mod lock;
+pub(crate) mod lock;
 mod parts;
+mod requeue;
 mod resubmit;
+pub mod tenancy;
 
 pub use attempt::{duplicate_message, wait_for};
-pub use filing::{file_loose, file_unrouted, ERRORS_FILE, FAILED_FILE, RECEIPT_FILE, REJECTED_FILE};
+pub use filing::{file_link, file_loose, file_unrouted, ERRORS_FILE, FAILED_FILE, RECEIPT_FILE, REJECTED_FILE};
 pub use lease::Lease;
 pub use lock::{Held, Holder, LockError, Locks};
+pub use requeue::Requeued;
 pub use resubmit::{Prepared, ResubmitError};
 
 use crate::batch::{Kind, RejectReason, State};
 use crate::config::{Config, PathsConfig, RetryConfig, Route};
 use crate::fingerprint;
 use crate::folders::{self, claimed_name, folder_name};
+use crate::metrics::Filed;
 use crate::receipt::{Part, Receipt};
 use crate::ship::{Fence, Pool, Unfenced};
 use crate::store::{BatchRecord, Change, Contents, Origin, Store, StoreError};
@@ -151,11 +155,14 @@ pub struct Lifecycle {
 pub type WatchUpload = Box<dyn Fn(&Arc<crate::ship::Progress>) + Send + Sync>;
 
 impl Lifecycle {
-    pub fn new(store: Store, config: &Config, routes: Vec<Route>, stop: Arc<AtomicBool>) -> Lifecycle {
+    /// The lifecycle of `routes`, each route's tenant spelled as the store knows its account
+    /// (`tenancy::unify`).
+    pub async fn new(store: Store, config: &Config, mut routes: Vec<Route>, stop: Arc<AtomicBool>) -> Result<Lifecycle, LifecycleError> {
+        tenancy::unify(&store, &mut routes).await?;
         let connections: usize = routes.iter().map(|r| r.sftp.connections).sum();
         let idle = routes.iter().map(|r| r.sftp.pool_idle_secs).max().unwrap_or_default();
         let database = &config.state.local_base();
-        Lifecycle {
+        Ok(Lifecycle {
             store,
             retry: config.retry.clone(),
             split_over_limit: config.batch.split_over_limit,
@@ -166,7 +173,7 @@ impl Lifecycle {
             pool: Arc::new(Pool::new(connections * config.watch.max_parallel_batches, Duration::from_secs(idle))),
             routes,
             watch_upload: None,
-        }
+        })
     }
 
     /// The route a batch goes to: the one its record names.
@@ -379,9 +386,9 @@ impl Lifecycle {
         let moved = blocking(move || summary.write(&dir, &drops)).await.map_err(|source| moving("file", &from, &target, source))?;
         self.store.set_filed_path(record_id, &moved.display().to_string()).await?;
         crate::metrics::filed(match outcome {
-            Outcome::Submitted { .. } | Outcome::AlreadySubmitted { .. } => "done",
-            Outcome::Rejected { .. } | Outcome::Duplicate { .. } => "rejected",
-            _ => "failed",
+            Outcome::Submitted { .. } | Outcome::AlreadySubmitted { .. } => Filed::Done,
+            Outcome::Rejected { .. } | Outcome::Duplicate { .. } => Filed::Rejected,
+            _ => Filed::Failed,
         });
         Ok(Some(moved))
     }
@@ -510,7 +517,14 @@ fn moving(what: &'static str, from: &Path, to: &Path, source: std::io::Error) ->
 
 fn contents_of<'a>(key: &'a str, checked: &'a Validated) -> Contents<'a> {
     let report = &checked.report;
-    Contents { content_key: key, rows: report.rows, files: report.files, bytes: report.bytes, file_list: &checked.files }
+    Contents {
+        content_key: key,
+        rows: report.rows,
+        files: report.files,
+        bytes: report.bytes,
+        file_list: &checked.files,
+        sha256: &checked.sha256,
+    }
 }
 
 fn summarize(codes: &[&str]) -> String {
@@ -534,7 +548,7 @@ fn outcome_summary(outcome: &Outcome) -> Option<Filing> {
             Filing::Done(record.clone(), receipt.clone())
         }
         Outcome::Rejected { record, report } => Filing::Rejected(record.clone(), report.clone()),
-        Outcome::Duplicate { record, of, report } => Filing::Duplicate(record.clone(), report.clone(), duplicate_message(of)),
+        Outcome::Duplicate { record, of, report } => Filing::Duplicate(record.clone(), report.clone(), duplicate_message(record, of)),
         Outcome::Failed { record } => Filing::Failed(record.clone()),
         Outcome::RetryWait { .. } | Outcome::Interrupted { .. } | Outcome::Busy { .. } => return None,
     })

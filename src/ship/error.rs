@@ -65,14 +65,13 @@ impl ShipError {
                 | ShipError::HostKeyChanged { .. }
                 | ShipError::HostKeyRevoked { .. }
                 | ShipError::KeyPermissions { .. }
-                | ShipError::KeyUnreadable { .. }
                 | ShipError::KeyHasPassphrase { .. }
                 | ShipError::AuthRefused { .. }
                 | ShipError::PermissionDenied { .. }
                 | ShipError::RemoteMissing { .. }
                 | ShipError::LocalChanged { .. }
-                | ShipError::LocalRead { .. }
-        )
+        ) || matches!(self, ShipError::LocalRead { source, .. } | ShipError::KeyUnreadable { source, .. }
+            if !crate::batchfs::is_exhausted(source))
     }
 
     /// Classifies an ssh2 error from the step `what` on `path`.

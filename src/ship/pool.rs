@@ -1,7 +1,8 @@
 //! Connections kept open between batches: a tiny batch then costs its requests, not a TCP and
 //! SSH handshake, key exchange, authentication and channel opening per session. Only a
 //! connection whose whole shipment went well comes back; one idle past `idle` or that the server
-//! has spoken on or closed meanwhile is dropped (with its disconnect), never handed out. A new
+//! has spoken on or closed meanwhile is dropped (with its disconnect), never handed out; nor is
+//! one whose server key known_hosts no longer trusts (re-read at every hand-out). A new
 //! connection checks the host key against known_hosts, as every connection does.
 
 use super::session::Connection;
@@ -42,7 +43,10 @@ impl Pool {
         };
         if let Some(idle) = found {
             if idle.since.elapsed() < self.keep && quiet(&idle.conn) {
-                return Ok(idle.conn);
+                if idle.conn.still_trusted(cfg) {
+                    return Ok(idle.conn);
+                }
+                tracing::info!(server = %idle.conn.addr, "known_hosts changed and no longer trusts the key a kept connection was opened under; closing it and connecting anew");
             }
         }
         Connection::open(cfg)

@@ -5,6 +5,7 @@ use super::channel::SftpChannel;
 use super::{quickack, ShipError};
 use crate::config::SftpConfig;
 use base64::Engine;
+use sha2::Digest;
 use ssh2::{CheckResult, HashType, HostKeyType, KnownHostFileKind, MethodType, Session, Sftp};
 use std::collections::BTreeMap;
 use std::net::{TcpStream, ToSocketAddrs};
@@ -44,6 +45,8 @@ pub struct Connection {
     pub addr: String,
     pub timeout_secs: u64,
     failed: AtomicBool,
+    /// sha256 of the known_hosts file the server's key was last found trusted in.
+    trusted_under: Mutex<[u8; 32]>,
 }
 
 impl Connection {
@@ -64,9 +67,9 @@ impl Connection {
                 Err(e) => return Err(e),
             };
             tried_types.push(key_type_of(algorithm));
-            if verify_host_key(cfg, &addr, &session)? {
+            if let Some(trusted_under) = verify_host_key(cfg, &addr, &session)? {
                 KNOWN_ALGORITHM.lock().unwrap_or_else(|p| p.into_inner()).insert(addr.clone(), algorithm);
-                return authenticate(cfg, addr, session, acks);
+                return authenticate(cfg, addr, session, acks, trusted_under);
             }
             first_unknown.get_or_insert_with(|| unknown_key_error(cfg, &addr, &session));
         }
@@ -74,6 +77,25 @@ impl Connection {
             what: format!("SSH handshake with {addr}"),
             message: "no host key algorithm, cipher or MAC in common with the server, or the server closed the connection".to_owned(),
         }))
+    }
+
+    /// The server's key this connection saw is still trusted by known_hosts as it is now: the
+    /// file unchanged since it was last checked (its sha256), or its key found in it again and
+    /// not `@revoked`. A pooled connection is handed out only then.
+    pub fn still_trusted(&self, cfg: &SftpConfig) -> bool {
+        let Ok(text) = std::fs::read(&cfg.known_hosts) else { return false };
+        let digest: [u8; 32] = sha2::Sha256::digest(&text).into();
+        let mut trusted_under = self.trusted_under.lock().unwrap_or_else(|p| p.into_inner());
+        if *trusted_under == digest {
+            return true;
+        }
+        match verify_host_key(cfg, &self.addr, &self.session) {
+            Ok(Some(now)) => {
+                *trusted_under = now;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Classifies a failure of this session. A failed session is never used again, so from now
@@ -202,11 +224,14 @@ fn handshake(cfg: &SftpConfig, addr: &str, algorithm: &str) -> Result<(Session, 
     Ok((session, acks))
 }
 
-/// True when the key matches known_hosts, false when it holds no key of the offered type for
-/// the host (another algorithm may match); a different key of the same type is refused at once.
-fn verify_host_key(cfg: &SftpConfig, addr: &str, session: &Session) -> Result<bool, ShipError> {
+/// The sha256 of known_hosts when the key matches it, `None` when it holds no key of the offered
+/// type for the host (another algorithm may match); a different key of the same type is refused
+/// at once, and so is a `@revoked` one.
+fn verify_host_key(cfg: &SftpConfig, addr: &str, session: &Session) -> Result<Option<[u8; 32]>, ShipError> {
     let unreadable = |reason: String| ShipError::KnownHostsUnreadable { path: cfg.known_hosts.clone(), reason };
-    let text = std::fs::read_to_string(&cfg.known_hosts).map_err(|e| unreadable(e.to_string()))?;
+    let bytes = std::fs::read(&cfg.known_hosts).map_err(|e| unreadable(e.to_string()))?;
+    let digest: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+    let text = String::from_utf8_lossy(&bytes);
     let (key, key_type) =
         session.host_key().ok_or_else(|| ShipError::Ssh { what: "reading the host key".into(), message: "no key".into() })?;
     let offered = key_type_name(key_type);
@@ -227,14 +252,14 @@ fn verify_host_key(cfg: &SftpConfig, addr: &str, session: &Session) -> Result<bo
         }
     }
     match known.check_port(&cfg.host, cfg.port, key) {
-        CheckResult::Match => Ok(true),
+        CheckResult::Match => Ok(Some(digest)),
         CheckResult::Mismatch => Err(ShipError::HostKeyChanged {
             addr: addr.to_owned(),
             known_hosts: cfg.known_hosts.clone(),
             key_type: offered.to_owned(),
             fingerprint: fingerprint(session),
         }),
-        CheckResult::NotFound | CheckResult::Failure => Ok(false),
+        CheckResult::NotFound | CheckResult::Failure => Ok(None),
     }
 }
 
@@ -280,7 +305,13 @@ fn key_type_name(key_type: HostKeyType) -> &'static str {
     }
 }
 
-fn authenticate(cfg: &SftpConfig, addr: String, session: Session, acks: quickack::Installed) -> Result<Connection, ShipError> {
+fn authenticate(
+    cfg: &SftpConfig,
+    addr: String,
+    session: Session,
+    acks: quickack::Installed,
+    trusted_under: [u8; 32],
+) -> Result<Connection, ShipError> {
     if let Err(e) = session.userauth_pubkey_file(&cfg.user, None, &cfg.private_key, None) {
         // A timeout stays a (transient) timeout; any other failure is a refusal.
         return Err(match ShipError::from_ssh(e, "authentication", "", &addr, cfg.timeout_secs) {
@@ -295,6 +326,7 @@ fn authenticate(cfg: &SftpConfig, addr: String, session: Session, acks: quickack
         addr,
         timeout_secs: cfg.timeout_secs,
         failed: AtomicBool::new(false),
+        trusted_under: Mutex::new(trusted_under),
     };
     // Our SFTP channel opens while quick ACKs are still on: its three round trips are the last
     // of the handshake's.

@@ -41,7 +41,9 @@ pub struct Images {
 /// ship, sorted by path, with their digests when `digest` (each file then read whole): what is
 /// shipped is compared with what was checked.
 /// `markers` are top-level names an image may not have (Jumio's DONE, the local ready marker).
-pub fn check_images(root: &Path, refs: &[ImageRef], markers: &[&str], digest: bool, out: &mut Findings) -> Images {
+/// Err when this host ran short of descriptors or memory while reading: nothing is known of
+/// the batch then (never a verdict on it).
+pub fn check_images(root: &Path, refs: &[ImageRef], markers: &[&str], digest: bool, out: &mut Findings) -> Result<Images, std::io::Error> {
     let mut labels: BTreeMap<&str, String> = BTreeMap::new();
     for image in refs {
         labels.entry(image.path.as_str()).or_insert_with(|| format!("the image of row {}, {}", image.row, image.column));
@@ -53,6 +55,9 @@ pub fn check_images(root: &Path, refs: &[ImageRef], markers: &[&str], digest: bo
         .copied()
         .zip(in_parallel(&paths, |path, buffer| check_one(root, &dir, path, markers, digest.then_some(buffer))))
         .collect();
+    if let Some(Err((_, why))) = verdicts.values().find(|v| matches!(v, Err((code, _)) if *code == EXHAUSTED)) {
+        return Err(std::io::Error::other(why.clone()));
+    }
     for image in refs {
         match &verdicts[image.path.as_str()] {
             Ok(checked) if checked.format == Format::Pdf && !image.allows_pdf => {
@@ -76,8 +81,11 @@ pub fn check_images(root: &Path, refs: &[ImageRef], markers: &[&str], digest: bo
             }
         }
     }
-    images
+    Ok(images)
 }
+
+/// The verdict of a file this host could not read for want of descriptors or memory.
+const EXHAUSTED: &str = "host_out_of_resources";
 
 /// An image that passed: its size, format and (when asked for) sha256.
 struct Checked {
@@ -101,7 +109,10 @@ fn check_one(root: &Path, dir: &std::io::Result<BatchDir>, rel: &str, markers: &
         Ok(dir) => dir.file(rel),
         Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
     };
-    let Opened { mut file, size } = opened.map_err(|e| unopenable(root, rel, &e))?;
+    let Opened { mut file, size } = opened.map_err(|e| match crate::batchfs::is_exhausted(&e) {
+        true => (EXHAUSTED, format!("this host ran short while opening a file of the batch ({e})")),
+        false => unopenable(root, rel, &e),
+    })?;
     if size == 0 {
         return Err(("image_empty", "the file is empty (0 bytes); copy the image again".to_owned()));
     }

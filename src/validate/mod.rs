@@ -107,18 +107,21 @@ pub fn validate_with(dir: &Path, rules: Rules<'_>) -> Result<Validated, Unreadab
         .filter(|name| name != INPUT_CSV && name.to_ascii_lowercase().ends_with(".csv") && !name.starts_with('.'))
         .collect();
     other_csvs.sort();
-    for name in &other_csvs {
+    // File names may be personal: they are counted, never quoted.
+    if !other_csvs.is_empty() {
         findings.error(
             None,
             None,
             "csv_wrong_name",
             format!(
-                "found `{name}`; Jumio accepts only a CSV named exactly input.csv: rename it (or remove it if it is not the batch's CSV)"
+                "the batch folder holds {} CSV file(s) not named exactly input.csv; Jumio accepts only a CSV named input.csv: rename the batch's CSV to input.csv and remove any other",
+                other_csvs.len()
             ),
         );
     }
     let csv_bytes = match crate::batchfs::read_capped(dir, INPUT_CSV, MAX_CSV_BYTES) {
         Ok(bytes) => bytes,
+        Err(e) if crate::batchfs::is_exhausted(&e) => return Err(unreadable(e)),
         Err(e) => {
             let (code, message) = unreadable_csv(&e);
             findings.error(None, None, code, message);
@@ -149,17 +152,23 @@ pub fn validate_with(dir: &Path, rules: Rules<'_>) -> Result<Validated, Unreadab
     findings.extend(csv.findings);
     let mut markers = vec![crate::ship::DONE_FILE];
     markers.extend(marker);
-    let images = images::check_images(dir, &csv.images, &markers, rules.digest, &mut findings);
+    let images = images::check_images(dir, &csv.images, &markers, rules.digest, &mut findings).map_err(unreadable)?;
     let referenced: HashSet<String> = csv.images.iter().map(|i| i.path.clone()).collect();
     let mut ignore = vec![INPUT_CSV];
     ignore.extend(marker);
     ignore.extend(other_csvs.iter().map(String::as_str));
-    for path in images::unreferenced_files(dir, &referenced, &ignore) {
+    let unreferenced = images::unreferenced_files(dir, &referenced, &ignore);
+    if !unreferenced.is_empty() {
+        let folders = unreferenced.iter().filter(|p| p.contains('/')).count();
         findings.warning(
             None,
             None,
             "unreferenced_file",
-            format!("`{path}` is not named by any row and will not be shipped; remove it or reference it"),
+            format!(
+                "{} file(s) in the batch folder ({} of them in subfolders) are named by no row of input.csv and will not be shipped; compare the folder's files with the rows' image columns, then remove them or reference them",
+                unreferenced.len(),
+                folders
+            ),
         );
     }
     let mut files = vec![BatchFile { path: INPUT_CSV.to_owned(), size: csv_bytes.len() as u64, label: INPUT_CSV.to_owned() }];
