@@ -219,16 +219,53 @@ impl StateConfig {
     }
 }
 
-/// `postgres://user:secret@host/db` as `postgres://user:***@host/db`.
+/// `postgres://user:secret@host/db` as `postgres://user:***@host/db`, whatever characters the
+/// password holds (`/`, `@`, `?` typed as they are): everything up to the last `@` is the user
+/// part, and all of it after the user's name is hidden.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
+    match rest.rsplit_once('@') {
         Some((user, host)) if user.contains(':') => {
             let name = user.split(':').next().unwrap_or_default();
-            format!("{scheme}://{name}:***@{host}{path}")
+            format!("{scheme}://{name}:***@{host}")
         }
         _ => url.to_owned(),
+    }
+}
+
+/// `text` with every secret in it replaced by `***`: for messages that may quote a connection
+/// string (or a part of one) however a parser cut it.
+pub fn redact(text: &str, secrets: &[String]) -> String {
+    let mut text = text.to_owned();
+    for secret in secrets.iter().filter(|s| s.len() >= 3) {
+        text = text.replace(secret.as_str(), "***");
+    }
+    text
+}
+
+impl StateConfig {
+    /// The passwords this config may make us use (the URL's as typed, the password file's, the
+    /// environment's), for `redact`: never in a message.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut secrets = Vec::new();
+        if let Some((_, rest)) = self.postgres_url().and_then(|url| url.split_once("://")) {
+            if let Some((user, _)) = rest.rsplit_once('@') {
+                if let Some((_, password)) = user.split_once(':') {
+                    secrets.push(password.to_owned());
+                    // As a URL parser may have cut it: at its first '/', '?' or '#'.
+                    secrets.extend(password.split(['/', '?', '#']).filter(|p| p.len() >= 3).map(str::to_owned));
+                }
+            }
+        }
+        if let Some(text) = self.password_file.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
+            secrets.push(text.trim_end_matches(['\n', '\r']).to_owned());
+        }
+        secrets.extend(std::env::var(DATABASE_PASSWORD_ENV).ok());
+        secrets.extend(std::env::var("PGPASSWORD").ok());
+        secrets.retain(|s| !s.is_empty());
+        // The longest first, so a part never leaves the rest of a secret behind.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets
     }
 }
 
@@ -529,6 +566,25 @@ mod tests {
             assert!(delays.iter().all(|d| *d <= Duration::from_secs(ceiling)), "attempt {attempt}");
             assert!(delays.iter().any(|d| *d < Duration::from_secs(ceiling) / 4), "jitter reaches low values");
             assert!(delays.iter().any(|d| *d > Duration::from_secs(ceiling) * 3 / 4), "jitter reaches high values");
+        }
+    }
+
+    #[test]
+    fn a_database_password_is_never_shown_whatever_it_holds() {
+        for (url, shown) in [
+            ("postgres://jb:Wrong/Pw+9=@db:5432/x", "postgres://jb:***@db:5432/x"),
+            ("postgres://jb:a@b@db/x?sslmode=require", "postgres://jb:***@db/x?sslmode=require"),
+            ("postgresql://jb:p?q#r@db/x", "postgresql://jb:***@db/x"),
+            ("postgres://jb@db/x", "postgres://jb@db/x"),
+            ("postgres://db/x", "postgres://db/x"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        let state = StateConfig { database: "postgres://jb:Wrong/Pw+9=@db:5432/x".into(), ..StateConfig::default() };
+        let secrets = state.secrets();
+        for said in ["invalid port number in postgres://jb:Wrong/Pw+9=@db:5432/x", "host Wrong: no such host", "Pw+9=@db"] {
+            let redacted = redact(said, &secrets);
+            assert!(!redacted.contains("Wrong") && !redacted.contains("Pw+9"), "{said} -> {redacted}");
         }
     }
 

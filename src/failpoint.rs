@@ -1,7 +1,8 @@
 //! Named instants where tests stop the process to kill it there (crash tests). Off unless
 //! `JUMIO_BATCHD_FAILPOINT` names the point (`before_done`, or `after_file:3` for the 3rd file);
 //! then the process says so on stderr and waits to be killed. `after_file~200` instead slows
-//! every file by 200 ms, so a test's signal surely lands mid-batch; `panic:batch_task` panics
+//! every file by 200 ms (`before_send~200`: every write to an SFTP socket, just before the
+//! lease is checked for it), so a test's signal surely lands mid-batch; `panic:batch_task` panics
 //! inside the first batch task the daemon runs.
 
 use std::sync::atomic::{AtomicUsize, Ordering};

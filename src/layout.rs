@@ -128,6 +128,13 @@ impl Layout {
     }
 }
 
+/// The first of work/, done/, failed/ and rejected/ that holds anything: drop folders with a
+/// history, beside which an empty database is a lost one.
+pub fn history(paths: &PathsConfig) -> Option<PathBuf> {
+    let holds_anything = |dir: &Path| std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some());
+    [&paths.work, &paths.done, &paths.failed, &paths.rejected].into_iter().find(|d| holds_anything(d)).cloned()
+}
+
 /// With several routes, the top inbox being one route's inbox puts every other route's inbox
 /// inside it: name one of them.
 fn others_of<'a>(inboxes: &'a [Place], this: &'a Place) -> &'a Place {

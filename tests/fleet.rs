@@ -104,6 +104,8 @@ impl Fleet {
             let in_folder: Vec<&String> = opens.iter().map(|(p, _)| p).filter(|p| p.starts_with(&format!("{folder}/"))).collect();
             assert_eq!(in_folder.iter().filter(|p| ***p == done).count(), 1, "{name}: DONE opened once");
             assert_eq!(in_folder.last().map(|p| p.as_str()), Some(done.as_str()), "{name}: nothing written after DONE");
+            let late = self.server.requests_after_done(folder);
+            assert!(late.is_empty(), "{name}: requests after DONE:\n{}", late.join("\n"));
         }
     }
 }
@@ -148,8 +150,9 @@ fn three_hosts_ship_thirty_batches_each_exactly_once_and_a_killed_host_s_batch_l
 #[test]
 fn a_host_frozen_past_its_lease_writes_nothing_when_it_wakes_and_the_batch_lands_once() {
     let fleet = Fleet::start();
-    // Each file takes 400 ms on host-a: it is mid-upload when it is frozen.
-    let mut a = fleet.host("host-a", &[(FAILPOINT, "after_file~400")]);
+    // Every write to the socket waits 300 ms on host-a, just before its lease is checked: it is
+    // frozen with requests queued, mid-upload.
+    let mut a = fleet.host("host-a", &[(FAILPOINT, "before_send~300")]);
     let trees = fleet.drop_batches("frozen", 1, 6);
     a.wait_for_log("frozen-01 uploading", WAIT);
     // Frozen with files on the server and more to come.
@@ -173,6 +176,10 @@ fn a_host_frozen_past_its_lease_writes_nothing_when_it_wakes_and_the_batch_lands
 
     assert_eq!(tree(&fleet.server.home()), shipped, "the woken host wrote to the server");
     fleet.assert_each_shipped_once(&trees);
+    for folder in fleet.server.remote_folders() {
+        let late = fleet.server.requests_after_done(&folder);
+        assert!(late.is_empty(), "requests reached {folder} after its DONE:\n{}", late.join("\n"));
+    }
     let history = fleet.status("observer", &["frozen-01"]);
     assert_eq!(history.matches("-> submitted").count(), 1, "{history}");
     assert!(history.contains("validated -> uploading (attempt 1) on host-a"), "{history}");
@@ -265,10 +272,17 @@ fn check_reports_the_database_its_migrations_and_the_live_hosts() {
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(text.contains(&fleet.pg.url()), "{text}");
     assert!(!text.contains(support::postgres::PASSWORD), "the password is never shown:\n{text}");
-    assert!(text.contains("migrations") && text.contains("1 applied"), "{text}");
+    assert!(text.contains("migrations") && text.contains("2 applied"), "{text}");
     assert!(text.contains("this host is host-b; 1 live: host-a"), "{text}");
-    // A second daemon under a host id that is running is refused, naming it.
+    // A second daemon under a host id that is running is refused, naming it: by its local lock
+    // on this host, and by the fleet's list of hosts when it has a local folder of its own.
     let mut twin = fleet.drops.spawn_config(&fleet.config("host-a"), &[], &[]);
+    assert_eq!(twin.wait(), Some(2));
+    assert!(twin.log_text().contains("already runs on this host"), "{}", twin.log_text());
+    let elsewhere = fleet.drops.dir("config-host-a-elsewhere.toml");
+    let text = std::fs::read_to_string(fleet.config("host-a")).unwrap().replace("local-host-a", "local-host-a-2");
+    std::fs::write(&elsewhere, text).unwrap();
+    let mut twin = fleet.drops.spawn_config(&elsewhere, &[], &[]);
     assert_eq!(twin.wait(), Some(2));
     assert!(twin.log_text().contains("host id host-a is already running"), "{}", twin.log_text());
     // An empty database beside drop folders with history (a database dropped or replaced).
@@ -286,7 +300,7 @@ async fn store_of(pg: &TestPostgres, id: &str, dir: &std::path::Path) -> jumio_b
         local_dir: dir.to_path_buf(),
     };
     let fleet = jumio_batchd::config::FleetConfig { host_id: id.into(), lease_secs: 3 };
-    jumio_batchd::store::Store::connect(&state, &fleet).await.unwrap()
+    jumio_batchd::store::Store::connect(&state, &fleet, jumio_batchd::store::Schema::Create).await.unwrap()
 }
 
 #[tokio::test]
@@ -314,5 +328,134 @@ async fn a_host_whose_lease_ran_out_changes_nothing_and_the_host_that_took_over_
     let hosts: Vec<(State, Option<&str>)> = history.iter().map(|e| (e.to_state, e.host.as_deref())).collect();
     assert_eq!(hosts, [(State::Discovered, Some("host-a")), (State::Validated, Some("host-b"))]);
     b.release_lease(claimed.id, taken).await.unwrap();
-    assert_eq!(b.get(claimed.id).await.unwrap().unwrap().held_by(), None);
+    assert_eq!(b.get(claimed.id).await.unwrap().unwrap().held_by(b.now()), None);
+}
+
+/// `jumio-batchd ARGS` with host `id`'s config, to its end: exit code and all it printed.
+fn command(fleet: &Fleet, id: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jumio-batchd"))
+        .arg("--config")
+        .arg(fleet.config(id))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn a_host_frozen_inside_a_transaction_holds_its_batch_for_seconds_not_for_the_freeze() {
+    let fleet = Fleet::start();
+    // host-a stops right after DONE, inside the transaction that records the batch submitted.
+    let a = fleet.host("host-a", &[(FAILPOINT, "in_transition_to_submitted")]);
+    let trees = fleet.drop_batches("held", 1, 3);
+    a.wait_for_log("failpoint in_transition_to_submitted reached", WAIT);
+    a.signal(libc::SIGSTOP);
+    let started = std::time::Instant::now();
+    let _b = fleet.host("host-b", &[]);
+    fleet.drops.wait_for("done", 1, WAIT);
+    let took = started.elapsed();
+    // The lease (3 s), then the frozen session's open transaction ended by the server (5 s), a
+    // wait for its row lock (5 s at most) and a step or two: never the freeze's whole length.
+    assert!(took < Duration::from_secs(40), "the takeover waited {took:?}");
+    let history = fleet.status("observer", &["held-01"]);
+    assert!(history.contains("uploading -> submitted (attempt 1) on host-b"), "{history}");
+    fleet.assert_each_shipped_once(&trees);
+    a.signal(libc::SIGCONT);
+}
+
+#[test]
+fn a_schema_dropped_under_running_hosts_stops_them_and_is_never_made_again_beside_history() {
+    let fleet = Fleet::start();
+    let mut a = fleet.host("host-a", &[]);
+    let mut b = fleet.host("host-b", &[]);
+    let trees = fleet.drop_batches("before", 2, 2);
+    fleet.drops.wait_for("done", 2, WAIT);
+    fleet.assert_each_shipped_once(&trees);
+    let shipped = fleet.server.remote_folders();
+    fleet.pg.sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public;");
+    for host in [&mut a, &mut b] {
+        host.wait_for_log("deleted, emptied or replaced while running", WAIT);
+        assert_eq!(host.wait(), Some(2), "{}", host.log_text());
+    }
+    // A copy of a submitted batch dropped again, and a daemon restarted: refused before it makes
+    // anything in the empty database, so the copy is never shipped.
+    let copy = fleet.drops.stage("before-01-again");
+    for (rel, bytes) in &trees["before-01"] {
+        copy.file_ref(rel, bytes);
+    }
+    fleet.drops.drop_in(&copy, true);
+    let mut again = fleet.drops.spawn_config(&fleet.config("host-a"), &[], &[]);
+    assert_eq!(again.wait(), Some(2));
+    assert!(again.log_text().contains("does not exist or holds no batches"), "{}", again.log_text());
+    assert_eq!(fleet.pg.sql("SELECT to_regclass('batches') IS NULL"), "t", "no schema was made");
+    assert_eq!(fleet.server.remote_folders(), shipped, "nothing shipped again");
+}
+
+#[test]
+fn a_host_an_hour_behind_takes_over_by_the_database_s_clock_and_check_shows_its_offset() {
+    let faketime = ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("libfaketime (Debian's libfaketime; scripts/test installs it)");
+    let behind = [("LD_PRELOAD", faketime), ("FAKETIME", "-1h"), ("FAKETIME_DONT_FAKE_MONOTONIC", "1")];
+    let fleet = Fleet::start();
+    let mut a = fleet.host("host-a", &[(FAILPOINT, "after_file:2")]);
+    let trees = fleet.drop_batches("skewed", 1, 3);
+    a.wait_for_log("failpoint after_file:2 reached", WAIT);
+    a.kill();
+    let late = fleet.drops.spawn_config(&fleet.config("host-late"), &[], &behind);
+    late.wait_for_log("jumio-batchd running", WAIT);
+    let (_, said) = command(&fleet, "host-late", &["check"], &behind);
+    assert!(said.contains("host-late") && said.contains("clock 3600 s behind the database"), "{said}");
+    fleet.drops.wait_for("done", 1, Duration::from_secs(45));
+    fleet.assert_each_shipped_once(&trees);
+    let history = fleet.status("observer", &["skewed-01"]);
+    assert!(history.contains("uploading -> submitted (attempt 1) on host-late"), "{history}");
+}
+
+#[test]
+fn a_password_with_a_slash_never_shows_and_an_unreachable_database_says_why() {
+    let fleet = Fleet::start();
+    let config = fleet.config("host-a");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let url = fleet.pg.url();
+    let with_password = url.replace("jumio@", "jumio:Wrong/Pw+9=@");
+    std::fs::write(&config, text.replace(&url, &with_password)).unwrap();
+    for args in [&["run", "--once"][..], &["check"], &["status"]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_jumio-batchd")).arg("--config").arg(&config).args(args).output().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(!said.contains("Wrong") && !said.contains("Pw+9"), "{args:?} shows the password:\n{said}");
+        assert!(said.contains("jumio:***@"), "{args:?}:\n{said}");
+    }
+    // The server down: the reason comes at once, not after a pool's timeout.
+    let port = support::sshd::free_port();
+    let down = std::fs::read_to_string(fleet.config("host-b")).unwrap().replace(&format!(":{}/", fleet.pg.port), &format!(":{port}/"));
+    std::fs::write(fleet.drops.dir("down.toml"), down).unwrap();
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jumio-batchd"))
+        .arg("--config")
+        .arg(fleet.drops.dir("down.toml"))
+        .args(["run", "--once"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(said.to_lowercase().contains("connection refused") && !said.contains("pool timed out"), "{said}");
+    assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
+}
+
+#[test]
+fn a_killed_host_starts_again_at_once_and_a_second_one_beside_a_frozen_one_is_refused() {
+    let fleet = Fleet::start();
+    let mut a = fleet.host("host-a", &[]);
+    a.kill();
+    let mut restarted = fleet.host("host-a", &[]);
+    assert!(restarted.try_wait().is_none(), "refused right after a kill -9:\n{}", restarted.log_text());
+    restarted.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(4));
+    let mut twin = fleet.drops.spawn_config(&fleet.config("host-a"), &[], &[]);
+    assert_eq!(twin.wait(), Some(2));
+    assert!(twin.log_text().contains("already runs on this host as PID"), "{}", twin.log_text());
+    restarted.signal(libc::SIGCONT);
 }

@@ -154,6 +154,7 @@ fn a_revoked_host_key_is_refused_even_when_listed_as_known() {
 fn run_once_gives_up_on_a_batch_it_cannot_file_and_exits_non_zero() {
     let server = TestServer::start();
     let drops = Drops::new(&server, MARKER_MODE);
+    drops.drop_in(&drops.stage("earlier").with_tagged_rows(1, "earlier"), true);
     let mut first = drops.spawn(&["--once"]);
     assert_eq!(first.wait(), Some(0));
     // Every name filing could take in done/ is taken: filing fails every time.
@@ -175,7 +176,7 @@ fn run_once_gives_up_on_a_batch_it_cannot_file_and_exits_non_zero() {
     assert_eq!(code, Some(2), "{log}");
     assert!(log.contains("cannot file") && log.contains("1 batch(es) could not be handled"), "{log}");
     assert!(log.lines().filter(|l| l.contains("ERROR")).count() < 5, "{log}");
-    assert_eq!(server.remote_folders().len(), 1, "shipped once");
+    assert_eq!(server.remote_folders().len(), 2, "shipped once (beside the earlier batch)");
 }
 
 #[test]

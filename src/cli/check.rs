@@ -5,7 +5,7 @@ use crate::config::{Config, Route};
 use crate::folders::same_filesystem;
 use crate::layout::Layout;
 use crate::ship;
-use crate::store::Store;
+use crate::store::{Schema, Store, StoreError};
 use std::path::Path;
 
 struct Checks {
@@ -69,14 +69,18 @@ pub async fn run(config: Option<&Path>) -> anyhow::Result<u8> {
         Err(e) => checks.report("paths", Err(e.to_string())),
     }
     let state = &loaded.config.state;
-    match Store::connect(state, &loaded.config.fleet).await {
+    match Store::connect(state, &loaded.config.fleet, Schema::MustExist).await {
         Ok(store) => {
             checks.report("state database", Ok(state.shown()));
             checks.report("migrations", migrations(&store).await);
             if let Some(fleet) = store.fleet() {
                 let hosts = store.live_hosts(fleet.lease).await.map_err(|e| e.to_string()).map(|hosts| {
-                    let names: Vec<String> =
-                        hosts.iter().map(|h| format!("{} (PID {}, up since {})", h.host_id, h.pid, h.started_at.to_rfc3339())).collect();
+                    let names: Vec<String> = hosts
+                        .iter()
+                        .map(|h| {
+                            format!("{} (PID {}, up since {}, {})", h.host_id, h.pid, h.started_at.to_rfc3339(), clock(h.clock_offset_ms))
+                        })
+                        .collect();
                     format!(
                         "this host is {}; {} live: {}",
                         fleet.host,
@@ -87,6 +91,19 @@ pub async fn run(config: Option<&Path>) -> anyhow::Result<u8> {
                 checks.report("fleet", hosts);
             }
             store.close().await;
+        }
+        Err(StoreError::Empty { path }) => {
+            let history = loaded.paths().ok().and_then(crate::layout::history);
+            checks.report(
+                "state database",
+                match history {
+                    None => Ok(format!("{path}: not made yet; the daemon makes it at its first start")),
+                    Some(history) => Err(format!(
+                        "{path} does not exist or is empty, but {} holds earlier batches: restore the database, or start once with `run --new-database`",
+                        history.display()
+                    )),
+                },
+            )
         }
         Err(e) => checks.report("state database", Err(e.to_string())),
     }
@@ -179,5 +196,15 @@ fn known_hosts(path: &Path, host: &str, port: u16) -> Result<String, String> {
             path.display(),
             path.display()
         )),
+    }
+}
+
+/// How far a host's clock is from the database's (leases are decided by the database's).
+fn clock(offset_ms: Option<i64>) -> String {
+    match offset_ms {
+        None => "clock offset unknown".into(),
+        Some(ms) if ms.abs() < 1000 => "clock in step with the database".into(),
+        Some(ms) if ms < 0 => format!("clock {} s behind the database", (-ms + 500) / 1000),
+        Some(ms) => format!("clock {} s ahead of the database", (ms + 500) / 1000),
     }
 }

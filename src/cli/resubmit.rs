@@ -6,7 +6,7 @@ use super::send::{self, Shown};
 use super::{EXIT_INVALID, EXIT_USAGE};
 use crate::config::{Config, PathsConfig};
 use crate::lifecycle::{Lifecycle, Outcome, Prepared, ResubmitError};
-use crate::store::Store;
+use crate::store::{Schema, Store};
 use crate::telemetry::{self, Sink};
 use crate::validate::MAX_CSV_BYTES;
 use std::io::Read;
@@ -25,7 +25,7 @@ pub async fn run(config: Option<&Path>, key: &str, from_row: usize, csv: Option<
         Some(paths) => paths.clone(),
         None => beside_database(&loaded.config.state.local_base())?,
     };
-    let store = Store::connect(&loaded.config.state, &loaded.config.fleet).await?;
+    let store = Store::connect(&loaded.config.state, &loaded.config.fleet, Schema::Create).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let life = Lifecycle::new(store, &loaded.config, loaded.routes()?, stop.clone()).await?;
     let shutdown = super::run::shutdown_signal()?;
@@ -59,7 +59,7 @@ pub async fn run(config: Option<&Path>, key: &str, from_row: usize, csv: Option<
     eprintln!("{}: resubmitting rows {from_row}.. as batch {} (id {})", original.name, record.name, record.id);
     let mut outcome = life.work_held(record.id, &dir, &paths, lock).await?;
     while let Outcome::RetryWait { record: waiting } = &outcome {
-        tokio::time::sleep(send::announce_retry(waiting)).await;
+        tokio::time::sleep(send::announce_retry(waiting, life.store.now())).await;
         if life.stop.load(Ordering::SeqCst) {
             eprintln!("{}: stopped while waiting to retry; the daemon (or this command run again) resumes it", waiting.name);
             return Ok(EXIT_USAGE);

@@ -4,13 +4,13 @@
 use super::{EXIT_INVALID, EXIT_OK};
 use crate::config::Config;
 use crate::lifecycle::{Lifecycle, Requeued};
-use crate::store::Store;
+use crate::store::{Schema, Store};
 use std::path::Path;
 use std::sync::Arc;
 
 pub async fn run(config: Option<&Path>, key: &str) -> anyhow::Result<u8> {
     let loaded = Config::load_or_default(config)?;
-    let store = Store::connect(&loaded.config.state, &loaded.config.fleet).await?;
+    let store = Store::connect(&loaded.config.state, &loaded.config.fleet, Schema::MustExist).await?;
     let Some(record) = store.find(key).await? else {
         eprintln!("no batch named or numbered {key:?}; see `jumio-batchd status`");
         return Ok(EXIT_INVALID);

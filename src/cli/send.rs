@@ -7,7 +7,7 @@ use super::{EXIT_INVALID, EXIT_OK, EXIT_USAGE};
 use crate::config::Config;
 use crate::lifecycle::{self, Admitted, Lifecycle, Outcome};
 use crate::receipt::Receipt;
-use crate::store::{BatchRecord, Store};
+use crate::store::{BatchRecord, Schema, Store};
 use crate::telemetry::{self, Sink};
 use crate::validate;
 use std::io::IsTerminal;
@@ -32,7 +32,7 @@ pub async fn run(config: Option<&Path>, dir: &Path, shown: Shown, allow_duplicat
     let level = if shown.verbose || (!terminal && !shown.quiet) { "info" } else { "warn" };
     telemetry::init(Sink::Stderr, false, level);
     let route = loaded.route(route)?;
-    let store = Store::connect(&loaded.config.state, &loaded.config.fleet).await?;
+    let store = Store::connect(&loaded.config.state, &loaded.config.fleet, Schema::Create).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let mut life = Lifecycle::new(store, &loaded.config, vec![route], stop.clone()).await?;
     let bars = Bars::default();
@@ -60,7 +60,7 @@ pub async fn run(config: Option<&Path>, dir: &Path, shown: Shown, allow_duplicat
         let outcome = life.attempt(&mut claim, allow_duplicate).await?;
         let Outcome::RetryWait { record: waiting } = outcome else { return report(outcome) };
         bars.finish();
-        let wait = announce_retry(&waiting);
+        let wait = announce_retry(&waiting, life.store.now());
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stopped.notified() => {
@@ -72,8 +72,8 @@ pub async fn run(config: Option<&Path>, dir: &Path, shown: Shown, allow_duplicat
 }
 
 /// Says that an attempt failed and when the next is; returns how long to wait for it.
-pub(super) fn announce_retry(waiting: &BatchRecord) -> std::time::Duration {
-    let wait = lifecycle::wait_for(waiting);
+pub(super) fn announce_retry(waiting: &BatchRecord, now: chrono::DateTime<chrono::Utc>) -> std::time::Duration {
+    let wait = lifecycle::wait_for(waiting, now);
     eprintln!(
         "{}: attempt {} failed: {}; retrying in {:.1} s",
         waiting.name,

@@ -3,8 +3,8 @@
 use super::EXIT_OK;
 use crate::batch::{Kind, RejectReason, State};
 use crate::config::Config;
-use crate::store::{BatchRecord, Store};
-use chrono::Utc;
+use crate::store::{BatchRecord, Schema, Store};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::path::Path;
 
@@ -84,7 +84,7 @@ impl MadeInto {
 }
 
 impl<'a> BatchStatus<'a> {
-    fn of(r: &'a BatchRecord, children: &[BatchRecord]) -> Self {
+    fn of(r: &'a BatchRecord, children: &[BatchRecord], now: DateTime<Utc>) -> Self {
         BatchStatus {
             id: r.id,
             name: &r.name,
@@ -100,8 +100,8 @@ impl<'a> BatchStatus<'a> {
             made_into: children.iter().map(MadeInto::of).collect(),
             remote_uuid: r.remote_uuid.as_deref(),
             remote_dir: r.remote_dir.as_deref(),
-            holder: r.held_by(),
-            lease_expires_at: r.held_by().and(r.lease_expires_at).map(|t| t.to_rfc3339()),
+            holder: r.held_by(now),
+            lease_expires_at: r.held_by(now).and(r.lease_expires_at).map(|t| t.to_rfc3339()),
             reject_reason: r.reject_reason,
             duplicate_of: r.duplicate_of,
             rows: r.rows,
@@ -120,7 +120,7 @@ pub async fn run(config: Option<&Path>, json: bool, key: Option<&str>) -> anyhow
     let loaded = Config::load_or_default(config)?;
     let state = &loaded.config.state;
     let store = match state.postgres_url() {
-        Some(_) => Store::connect(state, &loaded.config.fleet).await?,
+        Some(_) => Store::connect(state, &loaded.config.fleet, Schema::MustExist).await?,
         None if !state.database.exists() => anyhow::bail!(
             "no state database at {}; nothing has been sent yet (or [state] database points elsewhere)",
             state.database.display()
@@ -136,14 +136,14 @@ pub async fn run(config: Option<&Path>, json: bool, key: Option<&str>) -> anyhow
         for r in &records {
             children.push(store.children(r.id).await?);
         }
-        let list: Vec<BatchStatus> = records.iter().zip(&children).map(|(r, c)| BatchStatus::of(r, c)).collect();
+        let list: Vec<BatchStatus> = records.iter().zip(&children).map(|(r, c)| BatchStatus::of(r, c, store.now())).collect();
         println!("{}", serde_json::to_string_pretty(&list)?);
     } else if let Some(record) = records.first().filter(|_| key.is_some()) {
         let parent = match record.origin.parent_id {
             Some(id) => store.get(id).await?,
             None => None,
         };
-        print!("{}", one(record, parent.as_ref(), &store.children(record.id).await?));
+        print!("{}", one(record, parent.as_ref(), &store.children(record.id).await?, store.now()));
         for e in store.events(record.id).await? {
             let from = e.from_state.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
             println!(
@@ -156,12 +156,12 @@ pub async fn run(config: Option<&Path>, json: bool, key: Option<&str>) -> anyhow
             );
         }
     } else {
-        print!("{}", overview(&store.counts().await?, &records));
+        print!("{}", overview(&store.counts().await?, &records, store.now()));
     }
     Ok(EXIT_OK)
 }
 
-fn one(r: &BatchRecord, parent: Option<&BatchRecord>, children: &[BatchRecord]) -> String {
+fn one(r: &BatchRecord, parent: Option<&BatchRecord>, children: &[BatchRecord], now: DateTime<Utc>) -> String {
     let mut text = format!("batch {} (id {}): {}\n", r.name, r.id, r.state);
     if let Some(route) = &r.origin.route {
         text.push_str(&format!("  route {route} ({})\n", r.origin.tenant.as_deref().unwrap_or("-")));
@@ -201,7 +201,7 @@ fn one(r: &BatchRecord, parent: Option<&BatchRecord>, children: &[BatchRecord]) 
         ));
     }
     text.push_str(&format!("  {} rows, {} images, {} bytes; attempts {}\n", r.rows, r.files, r.bytes, r.attempts));
-    if let (Some(host), Some(until)) = (r.held_by(), r.lease_expires_at) {
+    if let (Some(host), Some(until)) = (r.held_by(now), r.lease_expires_at) {
         text.push_str(&format!("  worked by host {host} (lease until {})\n", until.to_rfc3339()));
     }
     if let Some(uuid) = &r.remote_uuid {
@@ -223,7 +223,7 @@ fn one(r: &BatchRecord, parent: Option<&BatchRecord>, children: &[BatchRecord]) 
     text
 }
 
-fn overview(counts: &std::collections::BTreeMap<State, i64>, records: &[BatchRecord]) -> String {
+fn overview(counts: &std::collections::BTreeMap<State, i64>, records: &[BatchRecord], now: DateTime<Utc>) -> String {
     let mut text = String::from("batches:");
     for state in State::ALL {
         text.push_str(&format!(" {} {}", state, counts.get(&state).copied().unwrap_or(0)));
@@ -233,14 +233,14 @@ fn overview(counts: &std::collections::BTreeMap<State, i64>, records: &[BatchRec
     if !in_flight.is_empty() {
         text.push_str("in flight:\n");
         for r in in_flight {
-            let secs = r.upload_started_at.map_or(0.0, |t| (Utc::now() - t).num_milliseconds() as f64 / 1000.0);
+            let secs = r.upload_started_at.map_or(0.0, |t| (now - t).num_milliseconds() as f64 / 1000.0);
             let rate = if secs > 0.0 { r.bytes_sent as f64 / secs / 1e6 } else { 0.0 };
             text.push_str(&format!(
                 "  {} (id {}){}{} {} / {} bytes, {rate:.1} MB/s, attempt {}, into {}\n",
                 r.name,
                 r.id,
                 route_of(r),
-                r.held_by().map(|h| format!(" on {h}")).unwrap_or_default(),
+                r.held_by(now).map(|h| format!(" on {h}")).unwrap_or_default(),
                 r.bytes_sent,
                 r.bytes,
                 r.attempts,

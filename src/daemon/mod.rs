@@ -14,7 +14,7 @@ use crate::config::{Loaded, PathsConfig, Readiness, Route, WatchConfig};
 use crate::folders::{self, folder_name, parse_claimed};
 use crate::layout::Layout;
 use crate::lifecycle::{self, Guard, Held, Lifecycle, LifecycleError, Locks, Outcome};
-use crate::store::{BatchRecord, Store, StoreError};
+use crate::store::{BatchRecord, Schema, Store, StoreError};
 use crate::telemetry::blocking;
 use std::collections::HashMap;
 use std::future::Future;
@@ -64,8 +64,10 @@ pub enum DaemonError {
     DatabaseMissing { database: PathBuf, history: PathBuf },
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
-    #[error("the state database {} was deleted or replaced while running; stopped so nothing is shipped without its record. Restore it, then start again", .0.display())]
-    DatabaseGone(PathBuf),
+    #[error("the state database {0} was deleted, emptied or replaced while running (its file, schema or identity is not the one this daemon started with); stopped claiming so nothing is shipped without its record. Restore it, then start again")]
+    DatabaseGone(String),
+    #[error("jumio-batchd already runs on this host as {holder} with [state] local_dir {}; stop it first (a frozen one too: it still holds its lock), or give this daemon its own local_dir and host_id", dir.display())]
+    HostAlreadyRunning { holder: lifecycle::Holder, dir: PathBuf },
 }
 
 pub struct Daemon {
@@ -85,10 +87,17 @@ pub struct Daemon {
     /// Where batches are dropped: one inbox per route (and, with named routes, `[paths] inbox`
     /// itself, where a batch belongs to no route).
     inboxes: Vec<Inbox>,
-    /// SQLite: the database file and its (device, inode) at start; `None` in fleet mode.
-    database: Option<(PathBuf, Option<(u64, u64)>)>,
-    /// SQLite: one daemon per database (fleet mode: leases instead, and a row in `hosts`).
-    _lock: Option<Held>,
+    /// What the database was at start.
+    identity: Identity,
+    /// One daemon per database (SQLite) or per local folder of this host (fleet mode).
+    _lock: Held,
+}
+
+/// The database a daemon started with: its file (SQLite: path, device and inode) and the id its
+/// schema was made with.
+struct Identity {
+    file: Option<(PathBuf, Option<(u64, u64)>)>,
+    id: Option<String>,
 }
 
 /// What one step did and when the next is due at the latest.
@@ -144,34 +153,39 @@ impl Daemon {
         let state = &loaded.config.state;
         let fleet = state.postgres_url().is_some();
         let database = &state.database;
-        let lock = match fleet {
-            true => None,
-            false => Some(
-                Locks::beside(database).daemon()?.map_err(|holder| DaemonError::AlreadyRunning { holder, database: database.clone() })?,
-            ),
-        };
+        // One daemon per database (SQLite), and per [state] local_dir on this host (fleet mode):
+        // a kernel lock, given back by the kernel when its holder dies, never while it is frozen.
+        let locks = Locks::beside(&state.local_base());
+        let lock = locks.daemon()?.map_err(|holder| match fleet {
+            false => DaemonError::AlreadyRunning { holder, database: database.clone() },
+            true => DaemonError::HostAlreadyRunning { holder, dir: state.local_dir.clone() },
+        })?;
         let layout = Layout::check(&paths, &routes, (!fleet).then_some(database.as_path()))?;
         prepare_folders(&paths, &routes)?;
-        if !fleet && !database.exists() && !new_database {
-            if let Some(history) = [&paths.work, &paths.done, &paths.failed, &paths.rejected].into_iter().find(|d| holds_anything(d)) {
-                return Err(DaemonError::DatabaseMissing { database: database.clone(), history: history.clone() });
-            }
-        }
-        let store = Store::connect(state, &loaded.config.fleet).await?;
-        if fleet && !new_database && store.counts().await?.is_empty() {
-            // A fleet's database emptied or replaced: the same refusal as a missing SQLite file.
-            if let Some(history) = [&paths.done, &paths.failed, &paths.rejected].into_iter().find(|d| holds_anything(d)) {
-                return Err(DaemonError::DatabaseMissing { database: PathBuf::from(state.shown()), history: history.clone() });
+        // An empty database beside drop folders with history is one that was lost or emptied:
+        // it is refused before anything is created in it.
+        let history = crate::layout::history(&paths);
+        let missing = |history: PathBuf| DaemonError::DatabaseMissing { database: PathBuf::from(state.shown()), history };
+        let schema = if history.is_some() && !new_database { Schema::MustExist } else { Schema::Create };
+        let store = match Store::connect(state, &loaded.config.fleet, schema).await {
+            Err(StoreError::Empty { .. }) => return Err(missing(history.unwrap_or_default())),
+            connected => connected?,
+        };
+        if let Some(history) = history.filter(|_| !new_database) {
+            if store.counts().await?.is_empty() {
+                return Err(missing(history));
             }
         }
         if let Some(fleet) = store.fleet().cloned() {
-            if let Some(other) = store.register_host(std::process::id(), fleet.lease).await? {
+            let dead = |pid: i64| u32::try_from(pid).is_ok_and(|pid| !crate::lifecycle::lock::alive(pid));
+            if let Some(other) = store.register_host(std::process::id(), fleet.lease, &crate::lifecycle::lock::this_machine(), dead).await?
+            {
                 return Err(DaemonError::HostIdTaken { host: other.host_id, pid: other.pid, at: other.heartbeat_at.to_rfc3339() });
             }
             tokio::spawn(host_heartbeat(store.clone(), fleet.lease / 3));
             tracing::info!(host_id = %fleet.host, lease_secs = fleet.lease.as_secs(), database = %state.shown(), "fleet mode: sharing the state database");
         }
-        let database = (!fleet).then(|| (database.clone(), file_identity(database)));
+        let identity = Identity { file: (!fleet).then(|| (database.clone(), file_identity(database))), id: store.identity().await? };
         let inboxes = inboxes(&paths, &routes, &layout);
         let life = Lifecycle::new(store, &loaded.config, routes, Arc::new(AtomicBool::new(false))).await?;
         forget_unclaimed(&life, &paths.work).await?;
@@ -186,14 +200,25 @@ impl Daemon {
             held_back: HashMap::new(),
             troubled: 0,
             inboxes,
-            database,
+            identity,
             _lock: lock,
         })
     }
 
-    /// False once the database file was deleted or replaced under the running daemon (SQLite).
-    pub fn database_is_ours(&self) -> bool {
-        self.database.as_ref().is_none_or(|(path, identity)| file_identity(path) == *identity)
+    /// False once the database was deleted, emptied or replaced under the running daemon: its
+    /// file (SQLite) or its identity is not the one it started with, or its schema is gone.
+    /// A database out of reach says nothing here (the step reports it).
+    pub async fn database_is_ours(&self) -> bool {
+        if let Some((path, file)) = &self.identity.file {
+            let (path, file) = (path.clone(), *file);
+            if blocking(move || file_identity(&path)).await != file {
+                return false;
+            }
+        }
+        match self.life.store.identity().await {
+            Ok(id) => id == self.identity.id,
+            Err(e) => !e.is_missing_table(),
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -242,8 +267,9 @@ impl Daemon {
             let Some((record, dir, guard)) = self.identify(&dir, &name).await? else { continue };
             if guard.is_none() {
                 // Fleet mode: another host works this batch; look again when its lease would end.
-                if let (Some(_), Some(until)) = (record.held_by(), record.lease_expires_at) {
-                    let left = (until - chrono::Utc::now()).to_std().unwrap_or_default();
+                let db_now = self.life.store.now();
+                if let (Some(_), Some(until)) = (record.held_by(db_now), record.lease_expires_at) {
+                    let left = (until - db_now).to_std().unwrap_or_default();
                     step.wake_by(now + left.max(Duration::from_secs(1)));
                     continue;
                 }
@@ -255,7 +281,7 @@ impl Daemon {
                 }
             }
             if record.state == State::RetryWait {
-                let due = lifecycle::wait_for(&record);
+                let due = lifecycle::wait_for(&record, self.life.store.now());
                 if !due.is_zero() {
                     step.wake_by(now + due);
                     continue;
@@ -544,10 +570,10 @@ pub async fn run(loaded: &Loaded, shutdown: impl Future<Output = ()>, once: bool
     loop {
         heartbeat.beat();
         watch.ensure();
-        if !daemon.database_is_ours() {
-            tracing::error!("the state database was deleted or replaced while running; stopping");
+        if !daemon.database_is_ours().await {
+            tracing::error!("the state database was deleted, emptied or replaced while running; no more claims, stopping");
             daemon.shutdown(Duration::from_secs(SHUTDOWN_GRACE_SECS)).await;
-            return Err(DaemonError::DatabaseGone(loaded.config.state.database.clone()));
+            return Err(DaemonError::DatabaseGone(loaded.config.state.shown()));
         }
         let step = match daemon.step().await {
             Ok(step) => step,
@@ -642,10 +668,6 @@ async fn host_heartbeat(store: Store, every: Duration) {
             tracing::warn!("cannot renew this host's heartbeat in the fleet ({e}); will try again");
         }
     }
-}
-
-fn holds_anything(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
 }
 
 fn file_identity(path: &Path) -> Option<(u64, u64)> {

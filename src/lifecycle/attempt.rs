@@ -146,7 +146,7 @@ impl Lifecycle {
             };
         }
         let delay = self.retry.delay(attempts, &mut rand::thread_rng());
-        let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+        let next = self.store.now() + chrono::Duration::from_std(delay).unwrap_or_default();
         let change = Change { last_error: Some(error.to_string()), next_attempt_at: Some(next), ..Change::default() };
         let Some(moved) = self.store.transition(record.id, State::Uploading, State::RetryWait, change).await? else {
             return self.moved_elsewhere(record).await;
@@ -157,7 +157,7 @@ impl Lifecycle {
 
     /// The record changed under this attempt (fleet mode: the lease ran out and another host
     /// took the batch over): nothing more is done or filed here.
-    async fn moved_elsewhere(&self, record: BatchRecord) -> Result<Outcome, LifecycleError> {
+    pub(super) async fn moved_elsewhere(&self, record: BatchRecord) -> Result<Outcome, LifecycleError> {
         tracing::warn!(batch = %record.name, id = record.id, "the batch's record changed under this attempt (another host holds it now); leaving it");
         let now = self.store.get(record.id).await?.unwrap_or(record);
         Ok(Outcome::Interrupted { record: now })
@@ -173,7 +173,9 @@ impl Lifecycle {
         if !claim.guard.holds() {
             return self.moved_elsewhere(record).await;
         }
-        self.store.record_shipped(record.id, &shipment.files_sha256).await?;
+        if !self.store.record_shipped(record.id, &shipment.files_sha256).await? {
+            return self.moved_elsewhere(record).await;
+        }
         let change = Change {
             remote_dir: Some(shipment.remote_dir.clone()),
             fingerprint: Some(fingerprint::fingerprint(&claim.checked.files, &shipment.files_sha256)),
@@ -232,8 +234,8 @@ async fn report_progress(store: Store, id: i64, progress: Arc<Progress>) {
     }
 }
 
-/// How long to wait before the attempt a record in retry_wait is due.
-pub fn wait_for(record: &BatchRecord) -> Duration {
-    let due: DateTime<Utc> = record.next_attempt_at.unwrap_or_else(Utc::now);
-    (due - Utc::now()).to_std().unwrap_or_default()
+/// How long to wait, from `now` (`Store::now`), before the attempt a record in retry_wait is due.
+pub fn wait_for(record: &BatchRecord, now: DateTime<Utc>) -> Duration {
+    let due: DateTime<Utc> = record.next_attempt_at.unwrap_or(now);
+    (due - now).to_std().unwrap_or_default()
 }

@@ -125,6 +125,12 @@ pub fn alive(pid: u32) -> bool {
     !matches!(rustix::process::test_kill_process(pid), Err(rustix::io::Errno::SRCH))
 }
 
+/// This machine, as the fleet's `hosts` rows tell machines apart: systemd's machine id, else
+/// its name.
+pub fn this_machine() -> String {
+    std::fs::read_to_string("/etc/machine-id").map(|id| id.trim().to_owned()).ok().filter(|id| !id.is_empty()).unwrap_or_else(this_host)
+}
+
 /// This machine's name, as files of ours shared with other hosts tell machines apart.
 pub fn this_host() -> String {
     rustix::system::uname().nodename().to_string_lossy().into_owned()

@@ -336,7 +336,9 @@ impl Lifecycle {
         checked.report.batch = record.name.clone();
         let (key, digests) = digest(&checked);
         let record = if record.state == State::Discovered {
-            self.store.record_contents(record.id, &contents_of(&key, &checked)).await?;
+            if !self.store.record_contents(record.id, &contents_of(&key, &checked)).await? {
+                return self.moved_elsewhere(record).await;
+            }
             if !checked.report.valid {
                 let record = self.reject_invalid(record, &checked.report).await?;
                 return Ok(Outcome::Rejected { record, report: checked.report });
@@ -383,8 +385,23 @@ impl Lifecycle {
         let Some(summary) = outcome_owned else { return Ok(None) };
         let record_id = outcome_record(outcome).id;
         let (from, target) = (dir.clone(), summary.destination(&drops).to_path_buf());
+        let there = {
+            let dir = dir.clone();
+            blocking(move || dir.is_dir()).await
+        };
+        if !there {
+            // Filed already: by another host of the fleet, between its scan and ours.
+            let now = self.record(record_id).await?;
+            if let Some(filed) = now.filed_path {
+                let by = now.filed_by.unwrap_or_else(|| "another process".into());
+                tracing::info!(id = record_id, to = %filed, "already filed by {by}; nothing to do");
+                return Ok(None);
+            }
+        }
         let moved = blocking(move || summary.write(&dir, &drops)).await.map_err(|source| moving("file", &from, &target, source))?;
-        self.store.set_filed_path(record_id, &moved.display().to_string()).await?;
+        if !self.store.set_filed_path(record_id, &moved.display().to_string()).await? {
+            tracing::warn!(id = record_id, to = %moved.display(), "filed, but this host's lease ran out before it could record where");
+        }
         crate::metrics::filed(match outcome {
             Outcome::Submitted { .. } | Outcome::AlreadySubmitted { .. } => Filed::Done,
             Outcome::Rejected { .. } | Outcome::Duplicate { .. } => Filed::Rejected,

@@ -75,7 +75,9 @@ impl Lifecycle {
             }
         }
         let hashes = claim.digests.clone();
-        self.store.record_shipped(batch.id, &hashes).await?;
+        if !self.store.record_shipped(batch.id, &hashes).await? {
+            return self.moved_elsewhere(batch).await;
+        }
         let change = Change { fingerprint: Some(fingerprint::fingerprint(&claim.checked.files, &hashes)), ..Change::default() };
         let moved = self.store.transition(batch.id, State::Uploading, State::Submitted, change).await?.unwrap_or(batch);
         let _ = blocking(move || std::fs::remove_dir_all(staging)).await;

@@ -114,7 +114,7 @@ impl Lifecycle {
                 let (record, guard) = self.record_claim(&name, &origin, work).await?;
                 // Its content now, before its folder moves into place: asked again after a crash
                 // in between, the same resubmission is found by it and resumed, never made twice.
-                self.store.record_contents(record.id, &super::contents_of(&key, &checked)).await?;
+                let _recorded = self.store.record_contents(record.id, &super::contents_of(&key, &checked)).await?;
                 crate::failpoint::hit("after_resubmit_record");
                 let dir = PathBuf::from(&record.source_path);
                 (record, dir, Some(guard))

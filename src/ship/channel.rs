@@ -5,7 +5,7 @@
 
 use super::session::Connection;
 use super::wire::{self, Decoder, Reply};
-use super::ShipError;
+use super::{Fence, ShipError};
 use std::io::{Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::time::{Duration, Instant};
@@ -27,6 +27,11 @@ pub trait Conversation {
     /// True when it should end at once (another session failed and reports the error).
     fn abandoned(&self) -> bool {
         false
+    }
+    /// Asked right before each write to the socket: may this conversation still change the
+    /// server? An error ends it there, with what is queued dropped, never flushed (a lease lost).
+    fn may_send(&self) -> Result<(), ShipError> {
+        Ok(())
     }
     /// What it is doing, for a timeout or a lost connection.
     fn what(&self) -> String;
@@ -89,6 +94,11 @@ impl SftpChannel {
         let timeout = Duration::from_secs(conn.timeout_secs);
         let mut last_progress = Instant::now();
         loop {
+            // A lease lost while we waited: what is queued here and in libssh2 never leaves.
+            if let Err(stop) = talk.may_send() {
+                conn.abort();
+                return Err(stop);
+            }
             if talk.abandoned() {
                 if talk.outstanding() > 0 {
                     // Replies still on their way: this channel cannot serve another conversation.
@@ -102,6 +112,11 @@ impl SftpChannel {
             }
             let mut progressed = false;
             while !talk.unsent().is_empty() {
+                crate::failpoint::hit_counted("before_send");
+                if let Err(stop) = talk.may_send() {
+                    conn.abort();
+                    return Err(stop);
+                }
                 match self.channel.write(talk.unsent()) {
                     Ok(0) => break,
                     Ok(n) => {
@@ -140,13 +155,15 @@ impl SftpChannel {
     }
 }
 
-/// A few requests sent at once; their replies in the order they were asked.
-pub struct Calls {
+/// A few requests sent at once; their replies in the order they were asked. Each write of
+/// them to the socket is fenced like an upload's.
+pub struct Calls<'f> {
     what: String,
     outbox: Vec<u8>,
     sent: usize,
     replies: Vec<Option<Reply>>,
     answered: usize,
+    fence: &'f dyn Fence,
 }
 
 /// One request of `Calls`.
@@ -158,8 +175,8 @@ pub enum Request<'a> {
     Close(&'a [u8]),
 }
 
-impl Calls {
-    pub fn new(what: impl Into<String>, requests: &[Request]) -> Calls {
+impl<'f> Calls<'f> {
+    pub fn new(what: impl Into<String>, requests: &[Request], fence: &'f dyn Fence) -> Calls<'f> {
         let mut outbox = Vec::new();
         for (i, request) in requests.iter().enumerate() {
             let id = i as u32 + 1;
@@ -170,7 +187,7 @@ impl Calls {
                 Request::Close(handle) => wire::close(id, handle),
             });
         }
-        Calls { what: what.into(), outbox, sent: 0, replies: vec![None; requests.len()], answered: 0 }
+        Calls { what: what.into(), outbox, sent: 0, replies: vec![None; requests.len()], answered: 0, fence }
     }
 
     pub fn replies(self) -> Vec<Reply> {
@@ -178,9 +195,12 @@ impl Calls {
     }
 }
 
-impl Conversation for Calls {
+impl Conversation for Calls<'_> {
     fn fill(&mut self) -> Result<(), ShipError> {
         Ok(())
+    }
+    fn may_send(&self) -> Result<(), ShipError> {
+        self.fence.check()
     }
     fn unsent(&self) -> &[u8] {
         &self.outbox[self.sent..]

@@ -61,6 +61,10 @@ pub trait Files {
     fn sent(&self, bytes: u64);
     /// True when another session failed: stop at once, it reports the error.
     fn abandoned(&self) -> bool;
+    /// Right before each write to the socket: may the shipment still change the server?
+    fn may_send(&self) -> Result<(), ShipError> {
+        Ok(())
+    }
 }
 
 /// A file being uploaded in this session.
@@ -335,6 +339,9 @@ impl<'f, F: Files> Conversation for Upload<'f, F> {
     }
     fn abandoned(&self) -> bool {
         self.files.abandoned()
+    }
+    fn may_send(&self) -> Result<(), ShipError> {
+        self.files.may_send()
     }
     fn what(&self) -> String {
         format!("uploading into {}", self.flight.folder)

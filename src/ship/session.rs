@@ -45,6 +45,8 @@ pub struct Connection {
     pub addr: String,
     pub timeout_secs: u64,
     failed: AtomicBool,
+    /// Ended by `abort`: nothing more goes out, not even a disconnect.
+    aborted: AtomicBool,
     /// sha256 of the known_hosts file the server's key was last found trusted in.
     trusted_under: Mutex<[u8; 32]>,
 }
@@ -106,6 +108,26 @@ impl Connection {
         ShipError::from_ssh(e, what, path, &self.addr, self.timeout_secs)
     }
 
+    /// Ends the connection sending nothing more: no disconnect, and the socket is reset when it
+    /// closes (SO_LINGER 0), so neither libssh2's half-sent packet nor the kernel's unsent bytes
+    /// reach the server. For a shipment whose lease ran out mid-write.
+    pub fn abort(&self) {
+        use std::os::unix::io::AsRawFd;
+        self.failed();
+        self.aborted.store(true, Ordering::SeqCst);
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        // SAFETY: a valid linger struct and its size, on the session's own socket, still open.
+        unsafe {
+            libc::setsockopt(
+                self.session.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+    }
+
     /// Marks the session failed: its remaining calls wait at most a second, and it is never
     /// used for another batch.
     pub fn failed(&self) {
@@ -151,6 +173,10 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         use std::os::unix::io::AsRawFd;
+        if self.aborted.load(Ordering::SeqCst) {
+            // Nothing more is sent: the socket's close resets the connection.
+            return;
+        }
         self.session.set_timeout(DISCONNECT_TIMEOUT_MS);
         let _ = self.session.disconnect(Some(ssh2::DisconnectCode::ByApplication), "jumio-batchd: done", None);
         // SAFETY: shuts down (does not close) the session's own socket, still open here.
@@ -326,6 +352,7 @@ fn authenticate(
         addr,
         timeout_secs: cfg.timeout_secs,
         failed: AtomicBool::new(false),
+        aborted: AtomicBool::new(false),
         trusted_under: Mutex::new(trusted_under),
     };
     // Our SFTP channel opens while quick ACKs are still on: its three round trips are the last

@@ -47,12 +47,20 @@ pub struct Shipment {
 }
 
 /// What lets a shipment go on writing: in fleet mode the batch's lease (`lifecycle::Lease`),
-/// else nothing (`Unfenced`). Checked before every write to the server.
+/// else nothing (`Unfenced`). Checked right before every write to the socket.
 pub trait Fence: Send + Sync {
     /// This process may still write for the batch.
     fn holds(&self) -> bool;
     /// Renews the hold now: true when it lasts long enough for DONE to reach the server.
     fn confirm(&self) -> bool;
+    /// `holds`, as the error that ends a shipment when it does not.
+    fn check(&self) -> Result<(), ShipError> {
+        if self.holds() {
+            Ok(())
+        } else {
+            Err(ShipError::LeaseLost)
+        }
+    }
 }
 
 /// A shipment no other process can take over (one host: the batch's kernel lock).
@@ -143,7 +151,7 @@ pub fn ship(
     if !fence.confirm() {
         return Err(ShipError::LeaseLost);
     }
-    let wrote = write_done(&main, &folder)?;
+    let wrote = write_done(&main, &folder, fence)?;
     failpoint::hit("after_done");
     give_back(cfg, pool, main, helpers);
     Ok(Shipment { remote_dir: folder, files_sha256, uploaded, already_submitted: !wrote })
@@ -190,7 +198,7 @@ fn lead<'a>(cfg: &SftpConfig, pool: &Pool, files: &'a [BatchFile], crew: &Crew<'
     failpoint::hit("before_mkdir");
     let (present, dirs_made) = match fresh {
         true => create_fresh(&main, crew.folder, files, crew.fence)?,
-        false => (remote_files(&main, crew.folder)?, false),
+        false => (remote_files(&main, crew.folder, crew.fence)?, false),
     };
     if present.contains_key(DONE_FILE) {
         return Ok(Lead::Submitted(main));
@@ -199,7 +207,7 @@ fn lead<'a>(cfg: &SftpConfig, pool: &Pool, files: &'a [BatchFile], crew: &Crew<'
         return Err(ShipError::LeaseLost);
     }
     if !dirs_made {
-        make_dirs(&main, crew.folder, files, &present)?;
+        make_dirs(&main, crew.folder, files, &present, crew.fence)?;
     }
     let (kept, mut todo): (Vec<&BatchFile>, Vec<&BatchFile>) = files.iter().partition(|f| present.get(&f.path) == Some(&f.size));
     todo.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
@@ -312,6 +320,10 @@ impl pipeline::Files for Crew<'_> {
         // A lease that ran out stops the writes already queued too, not only new files.
         self.failed.load(Ordering::SeqCst) || !self.fence.holds()
     }
+
+    fn may_send(&self) -> Result<(), ShipError> {
+        self.fence.check()
+    }
 }
 
 /// What is shipped must be what was checked: the sha256 of the bytes read now against the check's.
@@ -331,8 +343,8 @@ pub fn remote_join(base: &str, rel: &str) -> String {
 
 /// Files already in the batch folder (relative path → size); creates the folder when absent,
 /// which for a new batch is all it costs: one round trip.
-fn remote_files(conn: &Connection, folder: &str) -> Result<BTreeMap<String, u64>, ShipError> {
-    let created = one(conn, "creating", folder, Request::Mkdir(folder))?;
+fn remote_files(conn: &Connection, folder: &str, fence: &dyn Fence) -> Result<BTreeMap<String, u64>, ShipError> {
+    let created = one(conn, "creating", folder, Request::Mkdir(folder), fence)?;
     let mut found = BTreeMap::new();
     match created {
         Reply::Status { code: wire::FX_OK, .. } => return Ok(found),
@@ -365,8 +377,8 @@ fn remote_files(conn: &Connection, folder: &str) -> Result<BTreeMap<String, u64>
 }
 
 /// One request on the connection's SFTP channel, its reply.
-fn one(conn: &Connection, step: &str, path: &str, request: Request) -> Result<Reply, ShipError> {
-    calls(conn, step, path, vec![request])?.pop().ok_or_else(|| super::channel::protocol("no reply"))
+fn one(conn: &Connection, step: &str, path: &str, request: Request, fence: &dyn Fence) -> Result<Reply, ShipError> {
+    calls(conn, step, path, vec![request], fence)?.pop().ok_or_else(|| super::channel::protocol("no reply"))
 }
 
 /// A folder no attempt has written to: created with all its subfolders in one round trip, a
@@ -386,13 +398,13 @@ fn create_fresh(
     let none = BTreeMap::new();
     let mut remote = vec![folder.to_owned()];
     remote.extend(subfolders(files, &none).into_values().flatten().map(|dir| format!("{folder}/{dir}")));
-    let replies = calls(conn, "creating", folder, remote.iter().map(|r| Request::Mkdir(r)).collect())?;
+    let replies = calls(conn, "creating", folder, remote.iter().map(|r| Request::Mkdir(r)).collect(), fence)?;
     let ok = |r: &Reply| matches!(r, Reply::Status { code: wire::FX_OK, .. });
     if !replies.first().is_some_and(ok) {
-        return Ok((remote_files(conn, folder)?, false));
+        return Ok((remote_files(conn, folder, fence)?, false));
     }
     if !replies.iter().all(ok) {
-        make_dirs(conn, folder, files, &none)?;
+        make_dirs(conn, folder, files, &none, fence)?;
     }
     Ok((none, true))
 }
@@ -416,17 +428,23 @@ fn subfolders(files: &[BatchFile], present: &BTreeMap<String, u64>) -> BTreeMap<
 
 /// The batch's subfolders, a level at a time (a parent before its children), each level's
 /// MKDIRs sent at once.
-fn make_dirs(conn: &Connection, folder: &str, files: &[BatchFile], present: &BTreeMap<String, u64>) -> Result<(), ShipError> {
+fn make_dirs(
+    conn: &Connection,
+    folder: &str,
+    files: &[BatchFile],
+    present: &BTreeMap<String, u64>,
+    fence: &dyn Fence,
+) -> Result<(), ShipError> {
     for dirs in subfolders(files, present).values() {
         let remote: Vec<String> = dirs.iter().map(|dir| format!("{folder}/{dir}")).collect();
-        let replies = calls(conn, "creating folders in", folder, remote.iter().map(|r| Request::Mkdir(r)).collect())?;
+        let replies = calls(conn, "creating folders in", folder, remote.iter().map(|r| Request::Mkdir(r)).collect(), fence)?;
         // A MKDIR refused because the folder is there (an earlier attempt) is fine.
         let refused: Vec<(&String, Reply)> =
             remote.iter().zip(replies).filter(|(_, r)| !matches!(r, Reply::Status { code: wire::FX_OK, .. })).collect();
         if refused.is_empty() {
             continue;
         }
-        let stats = calls(conn, "checking folders in", folder, refused.iter().map(|(r, _)| Request::Stat(r)).collect())?;
+        let stats = calls(conn, "checking folders in", folder, refused.iter().map(|(r, _)| Request::Stat(r)).collect(), fence)?;
         for ((path, refusal), stat) in refused.into_iter().zip(stats) {
             if !matches!(stat, Reply::Attrs { is_dir: Some(true), .. }) {
                 let (code, message) = match refusal {
@@ -441,8 +459,8 @@ fn make_dirs(conn: &Connection, folder: &str, files: &[BatchFile], present: &BTr
 }
 
 /// Requests sent at once on the connection's SFTP channel; their replies in the same order.
-fn calls(conn: &Connection, step: &str, path: &str, requests: Vec<Request>) -> Result<Vec<Reply>, ShipError> {
-    let mut calls = Calls::new(format!("{step} {path}"), &requests);
+fn calls(conn: &Connection, step: &str, path: &str, requests: Vec<Request>, fence: &dyn Fence) -> Result<Vec<Reply>, ShipError> {
+    let mut calls = Calls::new(format!("{step} {path}"), &requests, fence);
     conn.talk(|channel| channel.drive(conn, &mut calls))?;
     Ok(calls.replies())
 }
@@ -450,12 +468,12 @@ fn calls(conn: &Connection, step: &str, path: &str, requests: Vec<Request>) -> R
 /// The one place DONE is written: after every file was confirmed (`all_verified`). EXCLUSIVE,
 /// so a DONE that is somehow already there is never written twice: then false ("DONE was already
 /// there"; the folder is this batch's alone, so an earlier attempt of ours wrote it).
-fn write_done(conn: &Connection, folder: &str) -> Result<bool, ShipError> {
+fn write_done(conn: &Connection, folder: &str, fence: &dyn Fence) -> Result<bool, ShipError> {
     let path = format!("{folder}/{DONE_FILE}");
-    let handle = match one(conn, "writing", &path, Request::CreateNew(&path))? {
+    let handle = match one(conn, "writing", &path, Request::CreateNew(&path), fence)? {
         Reply::Handle { handle, .. } => handle,
         Reply::Status { code, message, .. } => {
-            if let Reply::Attrs { .. } = one(conn, "checking", &path, Request::Stat(&path))? {
+            if let Reply::Attrs { .. } = one(conn, "checking", &path, Request::Stat(&path), fence)? {
                 tracing::info!(remote_dir = %folder, "DONE was already there (written by an earlier attempt); not written again");
                 return Ok(false);
             }
@@ -463,7 +481,7 @@ fn write_done(conn: &Connection, folder: &str) -> Result<bool, ShipError> {
         }
         _ => return Err(super::channel::protocol("OPEN answered with something else than a handle")),
     };
-    match one(conn, "closing", &path, Request::Close(&handle))? {
+    match one(conn, "closing", &path, Request::Close(&handle), fence)? {
         Reply::Status { code: wire::FX_OK, .. } => Ok(true),
         Reply::Status { code, message, .. } => Err(status_error("closing", &path, code, &message)),
         _ => Err(super::channel::protocol("CLOSE answered with something else than a status")),

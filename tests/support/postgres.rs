@@ -103,6 +103,31 @@ impl TestPostgres {
         std::fs::read_to_string(self.dir.path().join("pg/postgres.log")).unwrap_or_default()
     }
 
+    /// Runs `sql` with psql as the test user; its output.
+    pub fn sql(&self, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                USER,
+                "-d",
+                "postgres",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ])
+            .env("PGPASSWORD", PASSWORD)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     /// A password file for clients (owned by whoever runs the tests).
     pub fn password_file(&self, dir: &Path) -> PathBuf {
         let path = dir.join("db-password");

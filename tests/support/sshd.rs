@@ -84,7 +84,8 @@ impl TestServer {
         let d = self.dir.path();
         let subsystem = if self.logged {
             let wrapper = d.join("sftp-logged");
-            let script = format!("#!/bin/sh\nexec {SFTP_SERVER} -e -l INFO -d {d}/home 2>>{d}/sftp.log\n", d = d.display());
+            // DEBUG1: every WRITE is logged too, in the order the server handled it.
+            let script = format!("#!/bin/sh\nexec {SFTP_SERVER} -e -l DEBUG1 -d {d}/home 2>>{d}/sftp.log\n", d = d.display());
             std::fs::write(&wrapper, script).unwrap();
             std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
             wrapper.display().to_string()
@@ -252,6 +253,24 @@ impl TestServer {
             }
         }
         opens
+    }
+
+    /// Every request that changes the server (open, write, close, mkdir, remove, rename,
+    /// setstat) it handled in `folder` after it opened `folder/DONE` (the DONE's own close
+    /// aside), as logged (`start_logged` only): must be none. Listings do not count.
+    pub fn requests_after_done(&self, folder: &str) -> Vec<String> {
+        let log = std::fs::read_to_string(self.dir.path().join("sftp.log")).unwrap_or_default();
+        let (inside, done) = (format!("\"{folder}/"), format!("open \"{folder}/DONE\""));
+        let Some(at) = log.lines().position(|l| l.contains(&done)) else { return Vec::new() };
+        log.lines()
+            .skip(at + 1)
+            .filter(|l| l.contains(&inside) && !l.contains(&format!("close \"{folder}/DONE\"")))
+            // What changes the server: opens (for writing: we never read), writes, closes, folders.
+            // Not the server's own cleanup of a dead session's handles ("forced close").
+            .filter(|l| ["open \"", "write \"", "close \"", "mkdir", "remove", "rename", "setstat"].iter().any(|w| l.contains(w)))
+            .filter(|l| !l.starts_with("forced close"))
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Paths (relative to the home) in the order the server closed them (`start_logged` only).
