@@ -2,11 +2,12 @@
 //! validation (the "large" profile's 25 MB files exceed Jumio's 15 MB image limit).
 //! usage: ship_tree CONFIG DIR
 
+use jumio_batchd::batchfs::BatchFile;
 use jumio_batchd::config::Config;
-use jumio_batchd::ship::{ship, Pool, Progress, Unfenced};
-use jumio_batchd::validate::BatchFile;
+use jumio_batchd::delivery::{Progress, Unfenced};
+use jumio_batchd::ship::{ship, Pool, Shipping};
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
+use tokio_util::sync::CancellationToken;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -32,8 +33,10 @@ fn main() -> anyhow::Result<()> {
     let checked = hashed.into_iter().collect::<std::io::Result<std::collections::BTreeMap<String, String>>>()?;
     let started = std::time::Instant::now();
     let uuid = uuid::Uuid::new_v4().to_string();
-    let shipment =
-        ship(loaded.sftp()?, &Pool::none(), root, &files, &checked, &uuid, true, &Progress::default(), &AtomicBool::new(false), &Unfenced)?;
+    let (progress, stop) = (Progress::default(), CancellationToken::new());
+    let job =
+        Shipping { root, files: &files, checked: &checked, uuid: &uuid, fresh: true, progress: &progress, stop: &stop, fence: &Unfenced };
+    let shipment = ship(loaded.sftp()?, &Pool::none(), &job)?;
     println!("{} {} files {:.3} s", shipment.remote_dir, files.len(), started.elapsed().as_secs_f64());
     Ok(())
 }

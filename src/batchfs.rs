@@ -10,6 +10,16 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// A file that will be shipped: its path inside the batch (with `/`), its size, and how
+/// messages name it (`input.csv`, or the row and column that name an image: file names may be
+/// personal, so they never appear in logs or errors).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchFile {
+    pub path: String,
+    pub size: u64,
+    pub label: String,
+}
+
 /// A batch folder held open: its files are opened beneath this descriptor, so a pass over
 /// thousands of images opens the folder once (and keeps to the folder it opened, should the
 /// name be moved meanwhile).

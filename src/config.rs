@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The config file every command reads unless `--config` names another.
+pub const DEFAULT_CONFIG: &str = "/etc/jumio-batchd/config.toml";
+
 /// The ready marker a dropper writes last; never shipped.
 pub const DEFAULT_MARKER: &str = "DONE";
 
@@ -399,8 +402,8 @@ impl Config {
     pub fn load_or_default(path: Option<&Path>) -> Result<Loaded, ConfigError> {
         match path {
             Some(path) => Config::load(path),
-            None if Path::new(crate::cli::DEFAULT_CONFIG).exists() => Config::load(Path::new(crate::cli::DEFAULT_CONFIG)),
-            None => Ok(Loaded { path: PathBuf::from(crate::cli::DEFAULT_CONFIG), config: Config::default() }),
+            None if Path::new(DEFAULT_CONFIG).exists() => Config::load(Path::new(DEFAULT_CONFIG)),
+            None => Ok(Loaded { path: PathBuf::from(DEFAULT_CONFIG), config: Config::default() }),
         }
     }
 

@@ -2,8 +2,7 @@
 //! each taken by validation as it read the file (the digest of what was checked: the content
 //! key of the record, the duplicate guard's key, and what each uploaded file is compared with).
 
-use crate::batchfs::{BatchDir, Opened};
-use crate::validate::BatchFile;
+use crate::batchfs::{BatchDir, BatchFile, Opened};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs::File;

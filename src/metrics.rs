@@ -9,13 +9,13 @@
 //! descriptors slows its accepting down, never the daemon.
 
 use crate::batch::State;
+use crate::tasks::Tasks;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
 pub const BATCHES: &str = "jumio_batchd_batches";
 pub const FILED: &str = "jumio_batchd_batches_filed_total";
@@ -65,8 +65,8 @@ pub struct MetricsError {
 }
 
 /// Binds `listen`, installs the recorder, publishes every known series at 0, and serves
-/// `/metrics` until `stop` is cancelled.
-pub async fn serve(listen: &str, stop: CancellationToken) -> Result<tokio::task::JoinHandle<()>, MetricsError> {
+/// `/metrics` (a task of `tasks`, each connection one too) until `tasks` stops.
+pub async fn serve(listen: &str, tasks: &Tasks) -> Result<(), MetricsError> {
     let error = |reason: String| MetricsError { listen: listen.to_owned(), reason };
     let addr: std::net::SocketAddr = listen.parse().map_err(|e| error(format!("not an address and port ({e})")))?;
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| error(e.to_string()))?;
@@ -80,21 +80,22 @@ pub async fn serve(listen: &str, stop: CancellationToken) -> Result<tokio::task:
         .map_err(|e| error(e.to_string()))?;
     describe();
     publish_zeros();
-    Ok(tokio::spawn(accept(listener, handle, stop)))
+    tasks.spawn(accept(listener, handle, tasks.clone()));
+    Ok(())
 }
 
-async fn accept(listener: tokio::net::TcpListener, handle: PrometheusHandle, stop: CancellationToken) {
+async fn accept(listener: tokio::net::TcpListener, handle: PrometheusHandle, tasks: Tasks) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut warned = crate::telemetry::Every::new(Duration::from_secs(60));
     loop {
         let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = tasks.stopping() => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
             Ok((stream, _)) => match slots.clone().try_acquire_owned() {
                 Ok(slot) => {
-                    tokio::spawn(serve_one(stream, handle.clone(), slot));
+                    tasks.spawn(serve_one(stream, handle.clone(), slot, tasks.clone()));
                 }
                 // Over the cap: closed at once, so a flood of idle connections holds no descriptor.
                 Err(_) => drop(stream),
@@ -109,7 +110,7 @@ async fn accept(listener: tokio::net::TcpListener, handle: PrometheusHandle, sto
     }
 }
 
-async fn serve_one(stream: tokio::net::TcpStream, handle: PrometheusHandle, _slot: tokio::sync::OwnedSemaphorePermit) {
+async fn serve_one(stream: tokio::net::TcpStream, handle: PrometheusHandle, _slot: tokio::sync::OwnedSemaphorePermit, tasks: Tasks) {
     let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
         let response = match (request.method(), request.uri().path()) {
             (&hyper::Method::GET, "/metrics") => {
@@ -124,7 +125,10 @@ async fn serve_one(stream: tokio::net::TcpStream, handle: PrometheusHandle, _slo
         .header_read_timeout(HEADER_TIMEOUT)
         .keep_alive(false)
         .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-    let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+    tokio::select! {
+        _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection) => {}
+        _ = tasks.stopping() => {}
+    }
 }
 
 fn describe() {

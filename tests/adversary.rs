@@ -80,8 +80,7 @@ fn a_batch_is_resumed_only_into_the_tenant_it_was_recorded_for() {
 
     // [sftp] now points at tenant B: the batch waits in failed/, named, and nothing goes to B.
     edit_config(&drops, &a.sftp_toml(), &b.sftp_toml());
-    let mut resumed = drops.spawn(&["--once"]);
-    assert_eq!(resumed.wait(), Some(0), "{}", resumed.log_text());
+    drops.run_once();
     assert_eq!(drops.names("failed"), ["bound"]);
     assert!(b.remote_folders().is_empty(), "nothing of it went to tenant B");
     assert!(!a.home().join(&uuid).join("DONE").exists());
@@ -99,8 +98,7 @@ fn a_batch_is_resumed_only_into_the_tenant_it_was_recorded_for() {
     std::fs::write(a.dir.path().join("known_hosts"), format!("{known}{}", known.replace("[127.0.0.1]", "[localhost]"))).unwrap();
     let retry = jumio(&drops.config, &["retry", "bound"]);
     assert_eq!(retry.status.code(), Some(0), "{}", text(&retry));
-    let mut finished = drops.spawn(&["--once"]);
-    assert_eq!(finished.wait(), Some(0), "{}", finished.log_text());
+    drops.run_once();
     assert_eq!(drops.names("done"), ["bound"]);
     assert_eq!(a.remote_folders(), std::slice::from_ref(&uuid), "into its own folder, once");
     assert!(tree(&a.home().join(&uuid)) == with_done(original.clone()));
@@ -111,8 +109,7 @@ fn a_batch_is_resumed_only_into_the_tenant_it_was_recorded_for() {
         copy.file_ref(rel, bytes);
     }
     drops.drop_in(&copy, true);
-    let mut again = drops.spawn(&["--once"]);
-    assert_eq!(again.wait(), Some(0), "{}", again.log_text());
+    drops.run_once();
     assert_eq!(drops.names("rejected"), ["bound-copy"]);
     assert_eq!(a.remote_folders().len(), 1);
     drops.assert_no_personal_data_logged();
@@ -124,8 +121,7 @@ fn resubmit_ships_the_kept_copy_only_as_it_was_shipped() {
     let drops = Drops::new(&server, MARKER_MODE);
     let batch = drops.stage("kept").with_tagged_rows(4, "kept");
     drops.drop_in(&batch, true);
-    let mut daemon = drops.spawn(&["--once"]);
-    assert_eq!(daemon.wait(), Some(0));
+    drops.run_once();
     let kept = drops.dir("done/kept");
     let shipped = server.remote_folders();
 
@@ -171,8 +167,7 @@ fn resubmit_killed_between_its_record_and_its_folder_resumes_the_same_resubmissi
     let drops = Drops::new(&server, MARKER_MODE);
     let batch = drops.stage("torn").with_tagged_rows(3, "torn");
     drops.drop_in(&batch, true);
-    let mut daemon = drops.spawn(&["--once"]);
-    assert_eq!(daemon.wait(), Some(0));
+    drops.run_once();
 
     let mut child = drops.start_cli(&["resubmit", "torn", "--from-row", "2"], &[(jumio_batchd::failpoint::ENV, "after_resubmit_record")]);
     let stderr = BufReader::new(child.stderr.take().unwrap());

@@ -2,12 +2,13 @@
 
 mod support;
 
-use jumio_batchd::ship::{ship, Pool, Progress, ShipError, Unfenced};
+use jumio_batchd::delivery::{Progress, Unfenced};
+use jumio_batchd::ship::{ship, Pool, ShipError, Shipping};
 use jumio_batchd::validate::validate;
 use std::process::Command;
-use std::sync::atomic::AtomicBool;
 use support::fixtures::{self, Batch};
 use support::sshd::{dir_bytes, keygen, tree, with_done, TestServer};
+use tokio_util::sync::CancellationToken;
 
 fn send(server: &TestServer, batch: &Batch, extra: &[&str]) -> (i32, String, String) {
     send_configured(&server.write_config_file(&[]), batch, extra)
@@ -92,8 +93,10 @@ fn ship_directly(server: &TestServer, batch: &Batch, connections: usize, uuid: &
     let progress = Progress::default();
     let digests = checked.sha256.clone();
     let before = server.log().matches("Accepted publickey").count();
-    let shipment =
-        ship(&cfg, &Pool::none(), &batch.dir, &checked.files, &digests, uuid, true, &progress, &AtomicBool::new(false), &Unfenced).unwrap();
+    let (stop, files) = (CancellationToken::new(), &checked.files);
+    let job =
+        Shipping { root: &batch.dir, files, checked: &digests, uuid, fresh: true, progress: &progress, stop: &stop, fence: &Unfenced };
+    let shipment = ship(&cfg, &Pool::none(), &job).unwrap();
     assert_eq!(shipment.uploaded, checked.files.len());
     assert_eq!(progress.bytes_sent.load(std::sync::atomic::Ordering::SeqCst), checked.report.bytes);
     assert_eq!(tree(&server.home().join(&shipment.remote_dir)), expected_tree(batch));
@@ -308,8 +311,18 @@ fn ship_pooled(server: &TestServer, pool: &Pool, batch: &Batch, uuid: &str) -> R
     let checked = validate(&batch.dir, Some("DONE")).unwrap();
     let digests = checked.sha256.clone();
     let cfg = server.sftp_config();
-    ship(&cfg, pool, &batch.dir, &checked.files, &digests, uuid, false, &Progress::default(), &AtomicBool::new(false), &Unfenced)
-        .map(|s| s.remote_dir)
+    let (stop, progress) = (CancellationToken::new(), Progress::default());
+    let job = Shipping {
+        root: &batch.dir,
+        files: &checked.files,
+        checked: &digests,
+        uuid,
+        fresh: false,
+        progress: &progress,
+        stop: &stop,
+        fence: &Unfenced,
+    };
+    ship(&cfg, pool, &job).map(|s| s.remote_dir)
 }
 
 /// A connection is kept for the next batch only while all goes well: the second batch is

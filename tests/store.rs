@@ -1,8 +1,8 @@
 //! The state store on a real SQLite file: migrations, transitions, the audit trail, every query.
 
 use jumio_batchd::batch::{RejectReason, State};
+use jumio_batchd::batchfs::BatchFile;
 use jumio_batchd::store::{Change, Contents, Origin, Store, StoreError};
-use jumio_batchd::validate::BatchFile;
 use std::collections::BTreeMap;
 
 fn files() -> Vec<BatchFile> {

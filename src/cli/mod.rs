@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-pub const DEFAULT_CONFIG: &str = "/etc/jumio-batchd/config.toml";
+pub use crate::config::DEFAULT_CONFIG;
 
 /// Exit codes shared by every command.
 pub const EXIT_OK: u8 = 0;
@@ -141,7 +141,7 @@ pub fn explain(e: &anyhow::Error) -> String {
 
 /// Blocking work still running when a command is done (libssh2 waiting on a stalled server)
 /// gets this long before the process exits anyway.
-const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(2);
+pub(super) const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

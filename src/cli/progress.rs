@@ -1,8 +1,8 @@
 //! `send`'s progress bar on a terminal: files done of total, bytes, rate and ETA, redrawn from
 //! the upload's live counters (indicatif). Nothing is drawn when stderr is not a terminal.
 
+use crate::delivery::Progress;
 use crate::lifecycle::WatchUpload;
-use crate::ship::Progress;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};

@@ -3,7 +3,7 @@
 //! stopped at a row). Built in work/, shipped like any batch, filed into done/.
 
 use super::send::{self, Shown};
-use super::{EXIT_INVALID, EXIT_USAGE};
+use super::EXIT_INVALID;
 use crate::config::{Config, PathsConfig};
 use crate::lifecycle::{Lifecycle, Outcome, Prepared, ResubmitError};
 use crate::store::{Schema, Store};
@@ -11,8 +11,6 @@ use crate::telemetry::{self, Sink};
 use crate::validate::MAX_CSV_BYTES;
 use std::io::Read;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 pub async fn run(config: Option<&Path>, key: &str, from_row: usize, csv: Option<&Path>, json: bool) -> anyhow::Result<u8> {
     if from_row == 0 {
@@ -26,14 +24,9 @@ pub async fn run(config: Option<&Path>, key: &str, from_row: usize, csv: Option<
         None => beside_database(&loaded.config.state.local_base())?,
     };
     let store = Store::connect(&loaded.config.state, &loaded.config.fleet, Schema::Create).await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let life = Lifecycle::new(store, &loaded.config, loaded.routes()?, stop.clone()).await?;
-    let shutdown = super::run::shutdown_signal()?;
-    tokio::spawn(async move {
-        shutdown.await;
-        stop.store(true, Ordering::SeqCst);
-    });
-    let Some(original) = life.store.find(key).await? else {
+    let tasks = super::run::stopped_by_signals()?;
+    let life = Lifecycle::new(store, &loaded.config, loaded.routes()?, tasks.clone()).await?;
+    let Some(original) = life.store().find(key).await? else {
         eprintln!("no batch named or numbered {key:?}; see `jumio-batchd status`");
         return Ok(EXIT_INVALID);
     };
@@ -57,19 +50,19 @@ pub async fn run(config: Option<&Path>, key: &str, from_row: usize, csv: Option<
         Err(e) => return Err(e.into()),
     };
     eprintln!("{}: resubmitting rows {from_row}.. as batch {} (id {})", original.name, record.name, record.id);
-    let mut outcome = life.work_held(record.id, &dir, &paths, lock).await?;
-    while let Outcome::RetryWait { record: waiting } = &outcome {
-        tokio::time::sleep(send::announce_retry(waiting, life.store.now())).await;
-        if life.stop.load(Ordering::SeqCst) {
-            eprintln!("{}: stopped while waiting to retry; the daemon (or this command run again) resumes it", waiting.name);
-            return Ok(EXIT_USAGE);
+    let outcome = match life.ready(record.clone(), &dir, lock).await? {
+        Ok(claim) => life.run_to_end(claim, false, Some(&paths), send::announce_retry).await?,
+        Err(outcome) => {
+            life.file(&outcome, &dir, &paths).await?;
+            outcome
         }
-        outcome = life.work(record.id, &dir, &paths).await?;
-    }
+    };
     if let Outcome::Rejected { .. } = &outcome {
         eprintln!("(row 1 of {} is row {from_row} of {}; the report is also in {})", record.name, original.name, paths.rejected.display());
     }
-    send::report(outcome, shown)
+    let code = send::report(outcome, shown);
+    tasks.finish(super::RUNTIME_SHUTDOWN).await;
+    code
 }
 
 /// The corrected CSV an operator gives: a plain file, read up to the size input.csv may have.

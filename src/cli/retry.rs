@@ -6,7 +6,6 @@ use crate::config::Config;
 use crate::lifecycle::{Lifecycle, Requeued};
 use crate::store::{Schema, Store};
 use std::path::Path;
-use std::sync::Arc;
 
 pub async fn run(config: Option<&Path>, key: &str) -> anyhow::Result<u8> {
     let loaded = Config::load_or_default(config)?;
@@ -15,7 +14,7 @@ pub async fn run(config: Option<&Path>, key: &str) -> anyhow::Result<u8> {
         eprintln!("no batch named or numbered {key:?}; see `jumio-batchd status`");
         return Ok(EXIT_INVALID);
     };
-    let life = Lifecycle::new(store, &loaded.config, loaded.routes()?, Arc::default()).await?;
+    let life = Lifecycle::new(store, &loaded.config, loaded.routes()?, crate::tasks::Tasks::new()).await?;
     match life.requeue(record, loaded.config.paths.as_ref()).await? {
         Requeued::Refused(why) => {
             eprintln!("{why}");

@@ -10,7 +10,6 @@ pub async fn run(config: Option<&Path>, once: bool, new_database: bool) -> anyho
     let loaded = Config::load_or_default(config)?;
     telemetry::init(Sink::Stdout, loaded.config.log.format == LogFormat::Json, &loaded.config.log.level);
     let shutdown = shutdown_signal()?;
-    log_hangups()?;
     if let Err(e) = daemon::run(&loaded, shutdown, once, new_database).await {
         let e = anyhow::Error::from(e);
         tracing::error!("cannot run: {}", super::explain(&e));
@@ -19,17 +18,18 @@ pub async fn run(config: Option<&Path>, once: bool, new_database: bool) -> anyho
     Ok(EXIT_OK)
 }
 
-/// SIGHUP (a reload request, or the controlling terminal gone) does not stop the daemon: it is
-/// logged, and the configuration is read only at start.
-fn log_hangups() -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangup = signal(SignalKind::hangup())?;
-    tokio::spawn(async move {
-        while hangup.recv().await.is_some() {
-            tracing::warn!("SIGHUP received: the configuration is read only at start; restart the service (systemctl restart jumio-batchd) to apply changes. Going on.");
+/// A shutdown tree stopped by SIGTERM or SIGINT (`send`, `resubmit`): deliveries then end at
+/// their next safe point, a wait to retry at once.
+pub fn stopped_by_signals() -> std::io::Result<crate::tasks::Tasks> {
+    let tasks = crate::tasks::Tasks::new();
+    let (signal, stopper) = (shutdown_signal()?, tasks.clone());
+    tasks.spawn(async move {
+        tokio::select! {
+            _ = signal => stopper.stop(),
+            _ = stopper.stopping() => {}
         }
     });
-    Ok(())
+    Ok(tasks)
 }
 
 /// Resolves on SIGTERM (systemctl stop) or SIGINT (Ctrl-C). The handlers are installed here,

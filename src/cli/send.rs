@@ -5,15 +5,13 @@
 use super::progress::Bars;
 use super::{EXIT_INVALID, EXIT_OK, EXIT_USAGE};
 use crate::config::Config;
-use crate::lifecycle::{self, Admitted, Lifecycle, Outcome};
+use crate::lifecycle::{Admitted, Lifecycle, Outcome};
 use crate::receipt::Receipt;
 use crate::store::{BatchRecord, Schema, Store};
 use crate::telemetry::{self, Sink};
 use crate::validate;
 use std::io::IsTerminal;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 /// How `send` talks to the person or script running it.
 #[derive(Debug, Clone, Copy)]
@@ -33,47 +31,31 @@ pub async fn run(config: Option<&Path>, dir: &Path, shown: Shown, allow_duplicat
     telemetry::init(Sink::Stderr, false, level);
     let route = loaded.route(route)?;
     let store = Store::connect(&loaded.config.state, &loaded.config.fleet, Schema::Create).await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut life = Lifecycle::new(store, &loaded.config, vec![route], stop.clone()).await?;
+    let tasks = super::run::stopped_by_signals()?;
+    let mut life = Lifecycle::new(store, &loaded.config, vec![route], tasks.clone()).await?;
     let bars = Bars::default();
     if terminal && !shown.quiet {
-        life.watch_upload = Some(bars.watcher());
+        life.watch_uploads(bars.watcher());
     }
-    let report = |outcome: Outcome| {
-        bars.finish();
-        report(outcome, shown)
-    };
-    let stopped = Arc::new(tokio::sync::Notify::new());
-    let shutdown = super::run::shutdown_signal()?;
-    let notify = stopped.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        stop.store(true, Ordering::SeqCst);
-        notify.notify_one();
-    });
-    let mut claim = match life.admit(dir, allow_duplicate).await? {
-        Admitted::Finished(outcome) => return report(*outcome),
-        Admitted::Ready(claim) => claim,
-    };
-    crate::failpoint::hit("after_admit");
-    loop {
-        let outcome = life.attempt(&mut claim, allow_duplicate).await?;
-        let Outcome::RetryWait { record: waiting } = outcome else { return report(outcome) };
-        bars.finish();
-        let wait = announce_retry(&waiting, life.store.now());
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stopped.notified() => {
-                eprintln!("{}: stopped while waiting to retry; run the same command again to resume", waiting.name);
-                return Ok(EXIT_USAGE);
-            }
+    let outcome = match life.admit(dir, allow_duplicate).await? {
+        Admitted::Finished(outcome) => *outcome,
+        Admitted::Ready(claim) => {
+            crate::failpoint::hit("after_admit");
+            life.run_to_end(*claim, allow_duplicate, None, |record, wait| {
+                bars.finish();
+                announce_retry(record, wait);
+            })
+            .await?
         }
-    }
+    };
+    bars.finish();
+    let code = report(outcome, shown);
+    tasks.finish(super::RUNTIME_SHUTDOWN).await;
+    code
 }
 
-/// Says that an attempt failed and when the next is; returns how long to wait for it.
-pub(super) fn announce_retry(waiting: &BatchRecord, now: chrono::DateTime<chrono::Utc>) -> std::time::Duration {
-    let wait = lifecycle::wait_for(waiting, now);
+/// Says that an attempt failed and when the next is.
+pub(super) fn announce_retry(waiting: &BatchRecord, wait: std::time::Duration) {
     eprintln!(
         "{}: attempt {} failed: {}; retrying in {:.1} s",
         waiting.name,
@@ -81,7 +63,6 @@ pub(super) fn announce_retry(waiting: &BatchRecord, now: chrono::DateTime<chrono
         waiting.last_error.as_deref().unwrap_or(""),
         wait.as_secs_f64()
     );
-    wait
 }
 
 /// What the person (or script) running `send` (or `resubmit`) sees, and the exit status.

@@ -148,7 +148,7 @@ pub async fn run(config: Option<&Path>, json: bool, key: Option<&str>) -> anyhow
             let from = e.from_state.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
             println!(
                 "  {}  {from} -> {} (attempt {}){}{}",
-                e.at.format("%Y-%m-%d %H:%M:%S"),
+                shown_at(e.at),
                 e.to_state,
                 e.attempt,
                 e.host.map(|h| format!(" on {h}")).unwrap_or_default(),
@@ -202,19 +202,19 @@ fn one(r: &BatchRecord, parent: Option<&BatchRecord>, children: &[BatchRecord], 
     }
     text.push_str(&format!("  {} rows, {} images, {} bytes; attempts {}\n", r.rows, r.files, r.bytes, r.attempts));
     if let (Some(host), Some(until)) = (r.held_by(now), r.lease_expires_at) {
-        text.push_str(&format!("  worked by host {host} (lease until {})\n", until.to_rfc3339()));
+        text.push_str(&format!("  worked by host {host} (lease until {})\n", when(until, now)));
     }
     if let Some(uuid) = &r.remote_uuid {
         text.push_str(&format!("  remote folder {uuid} ({})\n", r.remote_dir.as_deref().unwrap_or(uuid)));
     }
     if let Some(at) = r.submitted_at {
-        text.push_str(&format!("  submitted {}\n", at.to_rfc3339()));
+        text.push_str(&format!("  submitted {}\n", when(at, now)));
     }
     if let Some(e) = &r.last_error {
         text.push_str(&format!("  last error: {e}\n"));
     }
     if let (State::RetryWait, Some(at)) = (r.state, r.next_attempt_at) {
-        text.push_str(&format!("  next attempt {}\n", at.to_rfc3339()));
+        text.push_str(&format!("  next attempt {}\n", when(at, now)));
     }
     if let Some(p) = &r.filed_path {
         text.push_str(&format!("  folder {p}\n"));
@@ -264,11 +264,11 @@ fn overview(counts: &std::collections::BTreeMap<State, i64>, records: &[BatchRec
                 State::Submitted => format!(
                     "as {} at {}",
                     r.remote_uuid.as_deref().unwrap_or("-"),
-                    r.submitted_at.map(|t| t.to_rfc3339()).unwrap_or_default()
+                    r.submitted_at.map(|t| when(t, now)).unwrap_or_default()
                 ),
                 State::RetryWait => format!(
                     "next attempt {}: {}",
-                    r.next_attempt_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                    r.next_attempt_at.map(|t| when(t, now)).unwrap_or_default(),
                     r.last_error.as_deref().unwrap_or("")
                 ),
                 _ => r.last_error.clone().unwrap_or_default(),
@@ -282,4 +282,37 @@ fn overview(counts: &std::collections::BTreeMap<State, i64>, records: &[BatchRec
 /// ` [route]` for a batch of a named route, nothing otherwise.
 fn route_of(r: &BatchRecord) -> String {
     r.origin.route.as_deref().map(|route| format!(" [{route}]")).unwrap_or_default()
+}
+
+/// A time as a person reads it: `2026-12-04 02:22:29 UTC` (RFC 3339 stays in `--json`).
+fn shown_at(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+/// `shown_at`, and how long ago or ahead of `now` it is: `... UTC (3 min ago)`, `(in 40 s)`.
+fn when(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let secs = (now - t).num_seconds();
+    let span = |s: i64| match s {
+        s if s < 90 => format!("{s} s"),
+        s if s < 90 * 60 => format!("{} min", (s + 30) / 60),
+        s if s < 36 * 3600 => format!("{} h", (s + 1800) / 3600),
+        s => format!("{} days", (s + 43_200) / 86_400),
+    };
+    let relative = if secs >= 0 { format!("{} ago", span(secs)) } else { format!("in {}", span(-secs)) };
+    format!("{} ({relative})", shown_at(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_read_as_a_person_reads_them() {
+        let now = DateTime::parse_from_rfc3339("2026-12-04T02:25:29Z").unwrap().to_utc();
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+        assert_eq!(when(at("2026-12-04T02:22:29Z"), now), "2026-12-04 02:22:29 UTC (3 min ago)");
+        assert_eq!(when(at("2026-12-04T02:25:59Z"), now), "2026-12-04 02:25:59 UTC (in 30 s)");
+        assert_eq!(when(at("2026-12-01T02:25:29Z"), now), "2026-12-01 02:25:29 UTC (3 days ago)");
+        assert_eq!(when(at("2026-12-04T00:25:29Z"), now), "2026-12-04 00:25:29 UTC (2 h ago)");
+    }
 }

@@ -14,12 +14,12 @@ use crate::config::{Loaded, PathsConfig, Readiness, Route, WatchConfig};
 use crate::folders::{self, folder_name, parse_claimed};
 use crate::layout::Layout;
 use crate::lifecycle::{self, Guard, Held, Lifecycle, LifecycleError, Locks, Outcome};
-use crate::store::{BatchRecord, Schema, Store, StoreError};
+use crate::store::{Schema, Store, StoreError};
+use crate::tasks::Tasks;
 use crate::telemetry::blocking;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
@@ -27,6 +27,8 @@ use tokio::task::JoinSet;
 /// How long in-flight uploads get to reach a safe point after SIGTERM; with the runtime's own
 /// shutdown bound (cli) the process is gone within 30 s, before systemd's TimeoutStopSec.
 pub const SHUTDOWN_GRACE_SECS: u64 = 27;
+/// Then the background tasks get this long to end, before the database is closed.
+const BACKGROUND_GRACE: Duration = Duration::from_secs(2);
 const DEBOUNCE: Duration = Duration::from_millis(150);
 /// A batch whose task ended in an error is left alone this long before it is tried again.
 const ERROR_BACKOFF: Duration = Duration::from_secs(60);
@@ -64,6 +66,8 @@ pub enum DaemonError {
     DatabaseMissing { database: PathBuf, history: PathBuf },
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error("cannot install the SIGHUP handler: {0}")]
+    Signal(std::io::Error),
     #[error("the state database {0} was deleted, emptied or replaced while running (its file, schema or identity is not the one this daemon started with); stopped claiming so nothing is shipped without its record. Restore it, then start again")]
     DatabaseGone(String),
     #[error("jumio-batchd already runs on this host as {holder} with [state] local_dir {}; stop it first (a frozen one too: it still holds its lock), or give this daemon its own local_dir and host_id", dir.display())]
@@ -156,11 +160,17 @@ impl Daemon {
         // One daemon per database (SQLite), and per [state] local_dir on this host (fleet mode):
         // a kernel lock, given back by the kernel when its holder dies, never while it is frozen.
         let locks = Locks::beside(&state.local_base());
-        let lock = locks.daemon()?.map_err(|holder| match fleet {
+        let lock = blocking({
+            let locks = locks.clone();
+            move || locks.daemon()
+        })
+        .await?
+        .map_err(|holder| match fleet {
             false => DaemonError::AlreadyRunning { holder, database: database.clone() },
             true => DaemonError::HostAlreadyRunning { holder, dir: state.local_dir.clone() },
         })?;
         let layout = Layout::check(&paths, &routes, (!fleet).then_some(database.as_path()))?;
+        let tasks = Tasks::new();
         prepare_folders(&paths, &routes)?;
         // An empty database beside drop folders with history is one that was lost or emptied:
         // it is refused before anything is created in it.
@@ -182,13 +192,13 @@ impl Daemon {
             {
                 return Err(DaemonError::HostIdTaken { host: other.host_id, pid: other.pid, at: other.heartbeat_at.to_rfc3339() });
             }
-            tokio::spawn(host_heartbeat(store.clone(), fleet.lease / 3));
+            tasks.spawn(host_heartbeat(store.clone(), fleet.lease / 3, tasks.clone()));
             tracing::info!(host_id = %fleet.host, lease_secs = fleet.lease.as_secs(), database = %state.shown(), "fleet mode: sharing the state database");
         }
         let identity = Identity { file: (!fleet).then(|| (database.clone(), file_identity(database))), id: store.identity().await? };
         let inboxes = inboxes(&paths, &routes, &layout);
-        let life = Lifecycle::new(store, &loaded.config, routes, Arc::new(AtomicBool::new(false))).await?;
-        forget_unclaimed(&life, &paths.work).await?;
+        let life = Lifecycle::new(store, &loaded.config, routes, tasks).await?;
+        life.forget_unclaimed(&paths.work).await?;
         Ok(Daemon {
             life: Arc::new(life),
             paths,
@@ -215,14 +225,14 @@ impl Daemon {
                 return false;
             }
         }
-        match self.life.store.identity().await {
+        match self.life.store().identity().await {
             Ok(id) => id == self.identity.id,
             Err(e) => !e.is_missing_table(),
         }
     }
 
     pub fn store(&self) -> &Store {
-        &self.life.store
+        self.life.store()
     }
 
     pub fn in_flight(&self) -> usize {
@@ -234,11 +244,10 @@ impl Daemon {
     pub async fn step(&mut self) -> Result<Step, DaemonError> {
         let mut step = Step::default();
         self.settle_ended().await;
-        if self.life.stop.load(Ordering::SeqCst) {
+        if self.life.tasks().is_stopping() {
             return Ok(step);
         }
-        let pool = self.life.pool.clone();
-        blocking(move || pool.sweep()).await;
+        self.life.sweep_connections().await;
         step.resumed = self.resume_work(&mut step).await?;
         self.claim_ready(&mut step).await;
         Ok(step)
@@ -264,15 +273,12 @@ impl Daemon {
             if parse_claimed(&name).is_some_and(|(id, _)| self.running.contains_key(&id)) {
                 continue;
             }
-            let Some((record, dir, guard)) = self.identify(&dir, &name).await? else { continue };
-            if guard.is_none() {
-                // Fleet mode: another host works this batch; look again when its lease would end.
-                let db_now = self.life.store.now();
-                if let (Some(_), Some(until)) = (record.held_by(db_now), record.lease_expires_at) {
-                    let left = (until - db_now).to_std().unwrap_or_default();
-                    step.wake_by(now + left.max(Duration::from_secs(1)));
-                    continue;
-                }
+            let Some((record, dir, guard)) = self.life.identify(&dir, &self.paths.work).await? else { continue };
+            let due = self.life.due_in(&record, guard.is_some());
+            if !due.is_zero() {
+                // Waiting to retry, or another host holds its lease: looked at again then.
+                step.wake_by(now + due);
+                continue;
             }
             if let Some(&until) = self.held_back.get(&record.id) {
                 if until > now {
@@ -280,40 +286,10 @@ impl Daemon {
                     continue;
                 }
             }
-            if record.state == State::RetryWait {
-                let due = lifecycle::wait_for(&record, self.life.store.now());
-                if !due.is_zero() {
-                    step.wake_by(now + due);
-                    continue;
-                }
-            }
             self.spawn(record.id, dir, guard);
             resumed += 1;
         }
         Ok(resumed)
-    }
-
-    /// The record a folder in work/ belongs to: by the id in its name, else adopted.
-    async fn identify(&self, dir: &Path, name: &str) -> Result<Option<(BatchRecord, PathBuf, Option<Guard>)>, DaemonError> {
-        if let Some((id, dropped)) = parse_claimed(name) {
-            if let Some(record) = self.life.store.get(id).await?.filter(|r| r.name == dropped) {
-                return Ok(Some((record, dir.to_path_buf(), None)));
-            }
-            if self.life.store.fleet().is_some() {
-                // Another host's claim whose record is not committed yet, or a folder of another
-                // database: never adopted by a host of the fleet.
-                return Ok(None);
-            }
-        }
-        match self.life.adopt(dir, &self.paths.work).await {
-            Ok(found) => Ok(found.inspect(|(record, _, _)| {
-                tracing::info!(batch = %record.name, id = record.id, "a folder in work/ without its record id: adopted");
-            })),
-            Err(e) => {
-                tracing::error!(folder = %name, "cannot adopt a folder found in work/: {e}");
-                Ok(None)
-            }
-        }
     }
 
     async fn claim_ready(&mut self, step: &mut Step) {
@@ -367,7 +343,7 @@ impl Daemon {
             self.inboxes[at].settle.forget(&entry.name);
             let name = folders::shown(&entry.name);
             let route = match route {
-                Some(route) if entry.kind == EntryKind::Folder => self.life.routes[route].clone(),
+                Some(route) if entry.kind == EntryKind::Folder => self.life.route_at(route).clone(),
                 _ => {
                     self.file_misplaced(&src, &name, entry.kind).await;
                     continue;
@@ -464,14 +440,14 @@ impl Daemon {
     /// The queue and the batches by state, for `/metrics` (no-op without a listener).
     pub async fn publish_metrics(&self, step: &Step) {
         crate::metrics::queue(step.ready.saturating_sub(step.claimed), self.running.len());
-        if let Ok(counts) = self.life.store.counts().await {
+        if let Ok(counts) = self.life.store().counts().await {
             crate::metrics::states(&counts);
         }
     }
 
     /// One line for `systemctl status`.
     pub async fn status_line(&self) -> String {
-        let counts = self.life.store.counts().await.unwrap_or_default();
+        let counts = self.life.store().counts().await.unwrap_or_default();
         let n = |s: State| counts.get(&s).copied().unwrap_or(0);
         format!(
             "{} in flight, {} waiting to retry; {} submitted, {} rejected, {} failed in all",
@@ -498,7 +474,7 @@ impl Daemon {
 
     /// Stops claiming, lets uploads reach a file boundary (at most `grace`), and waits.
     pub async fn shutdown(&mut self, grace: Duration) {
-        self.life.stop.store(true, Ordering::SeqCst);
+        self.life.tasks().stop();
         let deadline = tokio::time::sleep(grace);
         tokio::pin!(deadline);
         while !self.tasks.is_empty() {
@@ -513,6 +489,18 @@ impl Daemon {
         }
         self.running.clear();
     }
+
+    /// After `shutdown`: every background task (heartbeat, watchdog, metrics, lease releases)
+    /// has ended, then this host leaves the fleet's list and the database is closed.
+    pub async fn close(self) {
+        if !self.life.tasks().finish(BACKGROUND_GRACE).await {
+            tracing::warn!("some background work did not end within {} s", BACKGROUND_GRACE.as_secs());
+        }
+        if let Err(e) = self.life.store().unregister_host(std::process::id()).await {
+            tracing::warn!("cannot take this host out of the fleet's list ({e}); it drops out when its heartbeat stops");
+        }
+        self.life.store().close().await;
+    }
 }
 
 fn panic_message(e: tokio::task::JoinError) -> String {
@@ -526,18 +514,6 @@ fn panic_message(e: tokio::task::JoinError) -> String {
     }
 }
 
-/// Claims whose folder never reached work/ (a crash between the record and the rename):
-/// the folder is still in the inbox and will be claimed again under a new record.
-async fn forget_unclaimed(life: &Lifecycle, work: &Path) -> Result<(), DaemonError> {
-    for record in life.store.in_state(State::Discovered).await? {
-        let folder = Path::new(&record.source_path);
-        if folder.starts_with(work) && !folder.exists() && life.store.forget_unclaimed(record.id).await? {
-            tracing::info!(batch = %record.name, id = record.id, "forgot a claim whose folder never reached work/");
-        }
-    }
-    Ok(())
-}
-
 /// Runs until `shutdown` resolves (or, with `once`, until every batch ready now is handled).
 pub async fn run(loaded: &Loaded, shutdown: impl Future<Output = ()>, once: bool, new_database: bool) -> Result<(), DaemonError> {
     let (open_files, was) = systemd::raise_open_files_limit();
@@ -546,11 +522,13 @@ pub async fn run(loaded: &Loaded, shutdown: impl Future<Output = ()>, once: bool
     }
     let mut daemon = Daemon::start(loaded, new_database).await?;
     if let Some(listen) = &loaded.config.metrics.listen {
-        crate::metrics::serve(listen, tokio_util::sync::CancellationToken::new()).await?;
+        crate::metrics::serve(listen, daemon.life.tasks()).await?;
         let last = daemon.store().last_submitted_at().await.ok().flatten();
         crate::metrics::last_submission(last.map_or_else(std::time::SystemTime::now, Into::into));
         tracing::info!(listen = %listen, "serving Prometheus metrics at /metrics");
     }
+    let hangups = systemd::log_hangups(daemon.life.tasks().clone()).map_err(DaemonError::Signal)?;
+    daemon.life.tasks().spawn(hangups);
     let paths = loaded.paths()?;
     let (mut watch, mut events) = watch::InboxWatch::new(&paths.inbox, loaded.config.watch.events);
     let poll = Duration::from_secs(loaded.config.watch.poll_secs);
@@ -558,7 +536,7 @@ pub async fn run(loaded: &Loaded, shutdown: impl Future<Output = ()>, once: bool
     heartbeat.beat();
     systemd::ready();
     // The loop wakes at least every poll interval; three missed wakes mean it is stuck.
-    tokio::spawn(systemd::watchdog(heartbeat.clone(), poll * 3 + Duration::from_secs(30)));
+    daemon.life.tasks().spawn(systemd::watchdog(heartbeat.clone(), poll * 3 + Duration::from_secs(30), daemon.life.tasks().clone()));
     tracing::info!(inbox = %paths.inbox.display(), ready = ?loaded.config.watch.ready, events = watch.is_active(), "jumio-batchd running");
     let mut last_status = String::new();
     let mut stalled = crate::telemetry::Every::new(Duration::from_secs(60));
@@ -569,7 +547,12 @@ pub async fn run(loaded: &Loaded, shutdown: impl Future<Output = ()>, once: bool
     tokio::pin!(shutdown);
     loop {
         heartbeat.beat();
-        watch.ensure();
+        // The inbox may be a share: whether it was remounted is asked off the async runtime.
+        watch = blocking(move || {
+            watch.ensure();
+            watch
+        })
+        .await;
         if !daemon.database_is_ours().await {
             tracing::error!("the state database was deleted, emptied or replaced while running; no more claims, stopping");
             daemon.shutdown(Duration::from_secs(SHUTDOWN_GRACE_SECS)).await;
@@ -619,13 +602,11 @@ pub async fn run(loaded: &Loaded, shutdown: impl Future<Output = ()>, once: bool
             _ = tokio::time::sleep(wake), if !(once && daemon.in_flight() > 0) => {}
         }
     }
-    if let Err(e) = daemon.store().unregister_host(std::process::id()).await {
-        tracing::warn!("cannot take this host out of the fleet's list ({e}); it drops out when its heartbeat stops");
-    }
-    daemon.store().close().await;
+    let troubled = daemon.troubled;
+    daemon.close().await;
     tracing::info!("jumio-batchd stopped");
-    if once && daemon.troubled > 0 {
-        return Err(DaemonError::Troubled(daemon.troubled));
+    if once && troubled > 0 {
+        return Err(DaemonError::Troubled(troubled));
     }
     Ok(())
 }
@@ -660,10 +641,10 @@ fn prepare_folders(paths: &PathsConfig, routes: &[Route]) -> Result<(), DaemonEr
     Ok(())
 }
 
-/// Fleet mode: this daemon's row in `hosts` says it is alive (`check` lists the live hosts).
-async fn host_heartbeat(store: Store, every: Duration) {
-    loop {
-        tokio::time::sleep(every).await;
+/// Fleet mode: this daemon's row in `hosts` says it is alive (`check` lists the live hosts);
+/// until the daemon stops.
+async fn host_heartbeat(store: Store, every: Duration, tasks: Tasks) {
+    while crate::tasks::sleep_unless_stopped(&tasks, every).await {
         if let Err(e) = store.host_heartbeat(std::process::id()).await {
             tracing::warn!("cannot renew this host's heartbeat in the fleet ({e}); will try again");
         }

@@ -5,7 +5,7 @@
 use sd_notify::NotifyState;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 pub fn ready() {
     let _ = sd_notify::notify(false, &[NotifyState::Ready]);
@@ -20,27 +20,33 @@ pub fn status(line: &str) {
 }
 
 /// The main loop's heartbeat: it beats once per iteration; the watchdog pings only while beats
-/// are recent.
-#[derive(Clone, Default)]
-pub struct Heartbeat(Arc<AtomicU64>);
+/// are recent (by the monotonic clock: a wall clock set back or forward changes nothing).
+#[derive(Clone)]
+pub struct Heartbeat {
+    born: Instant,
+    /// Milliseconds after `born` of the last beat.
+    last: Arc<AtomicU64>,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat { born: Instant::now(), last: Arc::default() }
+    }
+}
 
 impl Heartbeat {
     pub fn beat(&self) {
-        self.0.store(now_secs(), Ordering::Relaxed);
+        self.last.store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     fn age(&self) -> Duration {
-        Duration::from_secs(now_secs().saturating_sub(self.0.load(Ordering::Relaxed)))
+        self.born.elapsed().saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)))
     }
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// Pings the watchdog at half its interval while the heartbeat is younger than `stall`.
-/// Returns at once when systemd set no watchdog.
-pub async fn watchdog(heartbeat: Heartbeat, stall: Duration) {
+/// Pings the watchdog at half its interval while the heartbeat is younger than `stall`, until
+/// the daemon stops. Returns at once when systemd set no watchdog.
+pub async fn watchdog(heartbeat: Heartbeat, stall: Duration, tasks: crate::tasks::Tasks) {
     let mut usec = 0;
     if !sd_notify::watchdog_enabled(false, &mut usec) {
         return;
@@ -52,7 +58,9 @@ pub async fn watchdog(heartbeat: Heartbeat, stall: Duration) {
         } else {
             tracing::warn!(stalled_secs = heartbeat.age().as_secs(), "main loop stalled: not pinging the watchdog");
         }
-        tokio::time::sleep(every).await;
+        if !crate::tasks::sleep_unless_stopped(&tasks, every).await {
+            return;
+        }
     }
 }
 
@@ -70,4 +78,20 @@ pub fn raise_open_files_limit() -> (Option<u64>, Option<u64>) {
         Ok(()) => (before.maximum, before.current),
         Err(_) => (before.current, before.current),
     }
+}
+
+/// SIGHUP (a reload request, or the controlling terminal gone) does not stop the daemon: it is
+/// logged (the configuration is read only at start), until the daemon stops. The handler is
+/// installed by this call, before READY=1, so no SIGHUP ends the process.
+pub fn log_hangups(tasks: crate::tasks::Tasks) -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup())?;
+    Ok(async move {
+        loop {
+            tokio::select! {
+                Some(()) = hangup.recv() => tracing::warn!("SIGHUP received: the configuration is read only at start; restart the service (systemctl restart jumio-batchd) to apply changes. Going on."),
+                _ = tasks.stopping() => return,
+            }
+        }
+    })
 }

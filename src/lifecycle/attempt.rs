@@ -1,14 +1,14 @@
-//! One upload attempt of a claimed batch: the duplicate guard, the UUID committed before
-//! anything remote, the shipment on a blocking thread, then submitted / retry_wait / failed.
+//! One delivery attempt of a claimed batch: the duplicate guard, the UUID committed before
+//! anything remote, the delivery by the route's channel, then submitted / retry_wait / failed;
+//! and `run_to_end`, the attempts `send` and `resubmit` make until the batch is not waiting.
 
 use super::{Claim, Lifecycle, LifecycleError, Outcome};
 use crate::batch::{Kind, RejectReason, State};
-use crate::config::SftpConfig;
+use crate::config::PathsConfig;
+use crate::delivery::{Delivered, DeliveryError, Job, Progress};
 use crate::fingerprint;
 use crate::receipt::Receipt;
-use crate::ship::{self, Progress, ShipError};
 use crate::store::{BatchRecord, Change, Store};
-use crate::telemetry::blocking;
 use chrono::{DateTime, Utc};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,14 +25,39 @@ impl Lifecycle {
             Ok(record) if self.in_parts(claim) => Box::pin(self.ship_parts(record, claim)).await?,
             Ok(record) => {
                 let started = Instant::now();
-                let sftp = self.route(&record)?.sftp.clone();
-                let result = self.upload(&record, claim, sftp).await;
+                let result = self.deliver(&record, claim).await?;
                 self.finish(record, claim, result, started).await?
             }
             Err(outcome) => outcome,
         };
         claim.record = super::outcome_record(&outcome).clone();
         Ok(outcome)
+    }
+
+    /// `send` and `resubmit`: attempts until the batch is no longer waiting to retry, the waits
+    /// between them announced by `waiting` and cut short by a stop; its folder filed into
+    /// `drops` when it finished (`resubmit`; `send` files nothing). Ends `Interrupted` on a stop.
+    pub async fn run_to_end(
+        &self,
+        mut claim: Claim,
+        allow_duplicate: bool,
+        drops: Option<&PathsConfig>,
+        waiting: impl Fn(&BatchRecord, Duration),
+    ) -> Result<Outcome, LifecycleError> {
+        loop {
+            let outcome = self.attempt(&mut claim, allow_duplicate).await?;
+            let Outcome::RetryWait { record } = &outcome else {
+                if let Some(drops) = drops {
+                    self.file(&outcome, &claim.dir, drops).await?;
+                }
+                return Ok(outcome);
+            };
+            let wait = wait_for(record, self.store.now());
+            waiting(record, wait);
+            if !crate::tasks::sleep_unless_stopped(&self.tasks, wait).await {
+                return Ok(Outcome::Interrupted { record: record.clone() });
+            }
+        }
     }
 
     /// Moves the batch to uploading (committing its UUID first), or refuses a duplicate.
@@ -43,7 +68,7 @@ impl Lifecycle {
             panic!("bug: attempt on a batch in state {from}");
         }
         // Where its route points now must be the tenant (and folder) it was recorded for.
-        if let Some(reason) = super::tenancy::refusal(&record, self.route(&record)?).await {
+        if let Some(reason) = super::tenancy::refusal(&record, self.way(&record)?).await {
             tracing::error!(batch = %record.name, id = record.id, "{reason}");
             return self.fail(record, &reason).await.map(Err);
         }
@@ -57,9 +82,9 @@ impl Lifecycle {
         }
         // A failed batch sent again keeps its folder (it may even hold DONE). A batch shipped as
         // parts has none: each part gets its own.
-        let route = self.route(&record)?;
+        let channel = &self.way(&record)?.channel;
         let uuid = record.remote_uuid.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let folder = (!self.in_parts(claim)).then(|| (ship::remote_join(&route.sftp.remote_dir, &uuid), uuid));
+        let folder = (!self.in_parts(claim)).then(|| (channel.remote_dir(&uuid), uuid));
         let change = Change {
             remote_dir: folder.as_ref().map(|(dir, _)| dir.clone()),
             remote_uuid: folder.map(|(_, uuid)| uuid),
@@ -104,41 +129,50 @@ impl Lifecycle {
         Ok(Outcome::Duplicate { record: moved, of, report: claim.checked.report.clone() })
     }
 
-    async fn upload(&self, record: &BatchRecord, claim: &Claim, cfg: SftpConfig) -> Result<ship::Shipment, ShipError> {
+    /// The batch delivered by its route's channel, its progress reported meanwhile.
+    async fn deliver(&self, record: &BatchRecord, claim: &Claim) -> Result<Result<Delivered, DeliveryError>, LifecycleError> {
+        let channel = self.way(record)?.channel.clone();
         let progress = Arc::new(Progress::default());
         if let Some(watch) = &self.watch_upload {
             watch(&progress);
         }
-        let _reporter = AbortOnDrop(tokio::spawn(report_progress(self.store.clone(), record.id, progress.clone())));
-        let (root, list, stop) = (claim.dir.clone(), claim.checked.files.clone(), self.stop.clone());
-        let (digests, pool, fence) = (claim.digests.clone(), self.pool.clone(), claim.guard.fence());
-        let uuid = record.remote_uuid.clone().expect("an uploading batch has a UUID");
-        // The UUID was chosen by this attempt's start: nothing can be in its folder yet.
-        let fresh = claim.record.remote_uuid.is_none();
-        blocking(move || ship::ship(&cfg, &pool, &root, &list, &digests, &uuid, fresh, &progress, &stop, &*fence)).await
+        let delivered = self.tasks.token().child_token();
+        let _reported = delivered.clone().drop_guard();
+        self.tasks.spawn(report_progress(self.store.clone(), record.id, progress.clone(), delivered));
+        let job = Job {
+            record: record.clone(),
+            dir: claim.dir.clone(),
+            files: claim.checked.files.clone(),
+            digests: claim.digests.clone(),
+            // The UUID was chosen by this attempt's start: nothing can be in its folder yet.
+            fresh: claim.record.remote_uuid.is_none(),
+            progress,
+            stop: self.tasks.token().clone(),
+            fence: claim.guard.fence(),
+        };
+        Ok(channel.deliver(job).await)
     }
 
     async fn finish(
         &self,
         record: BatchRecord,
         claim: &Claim,
-        result: Result<ship::Shipment, ShipError>,
+        result: Result<Delivered, DeliveryError>,
         started: Instant,
     ) -> Result<Outcome, LifecycleError> {
-        let error = match result {
-            Ok(shipment) => return self.submitted(record, claim, shipment, started).await,
-            Err(ShipError::Interrupted) => return Ok(Outcome::Interrupted { record }),
+        let (reason, permanent) = match result {
+            Ok(delivered) => return self.submitted(record, claim, delivered, started).await,
+            Err(DeliveryError::Interrupted) => return Ok(Outcome::Interrupted { record }),
             // Another host may be finishing the batch: this one changes nothing more.
-            Err(ShipError::LeaseLost) => {
-                tracing::warn!(batch = %record.name, id = record.id, "{}", ShipError::LeaseLost);
+            Err(e @ DeliveryError::LeaseLost) => {
+                tracing::warn!(batch = %record.name, id = record.id, "{e}");
                 return Ok(Outcome::Interrupted { record });
             }
-            Err(e) => e,
+            Err(DeliveryError::Failed { reason, permanent }) => (reason, permanent),
         };
         let attempts = u32::try_from(record.attempts).unwrap_or(u32::MAX);
-        if error.is_permanent() || attempts >= self.retry.max_attempts {
-            let reason =
-                if error.is_permanent() { error.to_string() } else { format!("gave up after {attempts} attempt(s); last error: {error}") };
+        if permanent || attempts >= self.retry.max_attempts {
+            let reason = if permanent { reason } else { format!("gave up after {attempts} attempt(s); last error: {reason}") };
             let change = Change { last_error: Some(reason), ..Change::default() };
             return match self.store.transition(record.id, State::Uploading, State::Failed, change).await? {
                 Some(moved) => Ok(Outcome::Failed { record: moved }),
@@ -147,7 +181,7 @@ impl Lifecycle {
         }
         let delay = self.retry.delay(attempts, &mut rand::thread_rng());
         let next = self.store.now() + chrono::Duration::from_std(delay).unwrap_or_default();
-        let change = Change { last_error: Some(error.to_string()), next_attempt_at: Some(next), ..Change::default() };
+        let change = Change { last_error: Some(reason), next_attempt_at: Some(next), ..Change::default() };
         let Some(moved) = self.store.transition(record.id, State::Uploading, State::RetryWait, change).await? else {
             return self.moved_elsewhere(record).await;
         };
@@ -167,7 +201,7 @@ impl Lifecycle {
         &self,
         record: BatchRecord,
         claim: &Claim,
-        shipment: ship::Shipment,
+        shipment: Delivered,
         started: Instant,
     ) -> Result<Outcome, LifecycleError> {
         if !claim.guard.holds() {
@@ -214,19 +248,14 @@ pub fn duplicate_message(record: &BatchRecord, of: &BatchRecord) -> String {
     format!("{what}; {hint}")
 }
 
-/// Ends the progress reporter however the upload ends (a panic included).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-async fn report_progress(store: Store, id: i64, progress: Arc<Progress>) {
+/// Records the upload's progress every second until `done` (the delivery ended, however).
+async fn report_progress(store: Store, id: i64, progress: Arc<Progress>, done: tokio_util::sync::CancellationToken) {
     let mut last = u64::MAX;
     loop {
-        tokio::time::sleep(PROGRESS_EVERY).await;
+        tokio::select! {
+            _ = tokio::time::sleep(PROGRESS_EVERY) => {}
+            _ = done.cancelled() => return,
+        }
         let now = progress.bytes_sent.load(Ordering::Relaxed);
         if now != last && store.set_bytes_sent(id, now).await.is_ok() {
             last = now;

@@ -2,13 +2,90 @@
 //! rejected/, the reason and the way back in failed/. Reports are written into the batch folder
 //! before it moves, so they arrive with it.
 
+use super::{duplicate_message, moving, outcome_record, Lifecycle, LifecycleError, Outcome};
+use crate::config::PathsConfig;
 use crate::folders::{create_unique_dir, folder_name, move_unique};
+use crate::metrics::Filed;
 use crate::receipt::Receipt;
 use crate::store::BatchRecord;
+use crate::telemetry::blocking;
 use crate::validate::{render_text, Report};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+
+impl Lifecycle {
+    /// Files a finished batch's folder with its receipt or report; `None` for unfinished ones.
+    pub async fn file(&self, outcome: &Outcome, dir: &Path, drops: &PathsConfig) -> Result<Option<PathBuf>, LifecycleError> {
+        let (dir, drops, outcome_owned) = (dir.to_path_buf(), drops.clone(), outcome_summary(outcome));
+        let Some(summary) = outcome_owned else { return Ok(None) };
+        let record_id = outcome_record(outcome).id;
+        let (from, target) = (dir.clone(), summary.destination(&drops).to_path_buf());
+        let there = {
+            let dir = dir.clone();
+            blocking(move || dir.is_dir()).await
+        };
+        if !there {
+            // Filed already: by another host of the fleet, between its scan and ours.
+            let now = self.record(record_id).await?;
+            if let Some(filed) = now.filed_path {
+                let by = now.filed_by.unwrap_or_else(|| "another process".into());
+                tracing::info!(id = record_id, to = %filed, "already filed by {by}; nothing to do");
+                return Ok(None);
+            }
+        }
+        let moved = blocking(move || summary.write(&dir, &drops)).await.map_err(|source| moving("file", &from, &target, source))?;
+        if !self.store.set_filed_path(record_id, &moved.display().to_string()).await? {
+            tracing::warn!(id = record_id, to = %moved.display(), "filed, but this host's lease ran out before it could record where");
+        }
+        crate::metrics::filed(match outcome {
+            Outcome::Submitted { .. } | Outcome::AlreadySubmitted { .. } => Filed::Done,
+            Outcome::Rejected { .. } | Outcome::Duplicate { .. } => Filed::Rejected,
+            _ => Filed::Failed,
+        });
+        Ok(Some(moved))
+    }
+}
+
+/// What filing a finished outcome writes, as plain data for a blocking thread.
+pub(super) enum Filing {
+    Done(BatchRecord, Receipt),
+    Rejected(BatchRecord, Report),
+    Duplicate(BatchRecord, Report, String),
+    Failed(BatchRecord),
+}
+
+pub(super) fn outcome_summary(outcome: &Outcome) -> Option<Filing> {
+    Some(match outcome {
+        Outcome::Submitted { record, receipt } | Outcome::AlreadySubmitted { record, receipt } => {
+            Filing::Done(record.clone(), receipt.clone())
+        }
+        Outcome::Rejected { record, report } => Filing::Rejected(record.clone(), report.clone()),
+        Outcome::Duplicate { record, of, report } => Filing::Duplicate(record.clone(), report.clone(), duplicate_message(record, of)),
+        Outcome::Failed { record } => Filing::Failed(record.clone()),
+        Outcome::RetryWait { .. } | Outcome::Interrupted { .. } | Outcome::Busy { .. } => return None,
+    })
+}
+
+impl Filing {
+    fn destination<'a>(&self, drops: &'a PathsConfig) -> &'a Path {
+        match self {
+            Filing::Done(..) => &drops.done,
+            Filing::Rejected(..) | Filing::Duplicate(..) => &drops.rejected,
+            Filing::Failed(..) => &drops.failed,
+        }
+    }
+
+    fn write(&self, dir: &Path, drops: &PathsConfig) -> std::io::Result<PathBuf> {
+        let to = self.destination(drops);
+        match self {
+            Filing::Done(record, receipt) => file_done(dir, to, record, receipt),
+            Filing::Rejected(record, report) => file_rejected(dir, to, record, report),
+            Filing::Duplicate(record, report, reason) => file_duplicate(dir, to, record, report, reason),
+            Filing::Failed(record) => file_failed(dir, to, record),
+        }
+    }
+}
 
 pub const RECEIPT_FILE: &str = "RECEIPT.json";
 pub const REJECTED_FILE: &str = "REJECTED.txt";

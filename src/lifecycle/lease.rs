@@ -10,16 +10,22 @@
 //! outlives DONE's request by at least a quarter of its length (7.5 s with the default 30 s).
 
 use super::lock::Holder;
-use crate::ship::Fence;
+use crate::delivery::Fence;
 use crate::store::Store;
+use crate::tasks::Tasks;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
-/// A live lease, renewed in the background until dropped (then given back).
+/// A live lease, renewed in the background until dropped (then given back); both are tasks of
+/// the process's shutdown tree, awaited before the database closes.
 pub struct Lease {
     fence: Arc<LeaseFence>,
-    renewer: tokio::task::JoinHandle<()>,
+    /// Ends the renewals (when the lease is dropped, not when shutdown starts: a delivery still
+    /// on its way to a safe point keeps its lease meanwhile).
+    renewing: CancellationToken,
+    tasks: Tasks,
 }
 
 impl std::fmt::Debug for Lease {
@@ -90,16 +96,16 @@ impl Fence for LeaseFence {
 
 impl Lease {
     /// Takes the lease of batch `id`, or says which host holds it.
-    pub async fn take(store: &Store, id: i64) -> Result<Result<Lease, Holder>, crate::store::StoreError> {
+    pub async fn take(store: &Store, id: i64, tasks: &Tasks) -> Result<Result<Lease, Holder>, crate::store::StoreError> {
         let sent = Instant::now();
         Ok(match store.acquire_lease(id).await? {
-            Ok(token) => Ok(Lease::held(store, id, token, sent)),
+            Ok(token) => Ok(Lease::held(store, id, token, sent, tasks)),
             Err((host, until)) => Err(Holder { pid: None, since: None, host, until: until.map(|t| t.to_rfc3339()) }),
         })
     }
 
     /// A lease this process took at `sent` with `token` (the claim takes one with the record).
-    pub fn held(store: &Store, id: i64, token: i64, sent: Instant) -> Lease {
+    pub fn held(store: &Store, id: i64, token: i64, sent: Instant, tasks: &Tasks) -> Lease {
         let lease = store.fleet().map_or(Duration::from_secs(30), |f| f.lease);
         let fence = Arc::new(LeaseFence {
             store: store.clone(),
@@ -111,17 +117,21 @@ impl Lease {
             lost: AtomicBool::new(false),
             runtime: tokio::runtime::Handle::current(),
         });
-        let renewing = fence.clone();
-        let renewer = tokio::spawn(async move {
+        let (renewed, renewing) = (fence.clone(), CancellationToken::new());
+        let stop = renewing.clone();
+        tasks.spawn(async move {
             loop {
-                tokio::time::sleep(renewing.lease / 3).await;
-                if renewing.lost.load(Ordering::SeqCst) {
+                tokio::select! {
+                    _ = tokio::time::sleep(renewed.lease / 3) => {}
+                    _ = stop.cancelled() => return,
+                }
+                if renewed.lost.load(Ordering::SeqCst) {
                     return;
                 }
-                renewing.renew().await;
+                renewed.renew().await;
             }
         });
-        Lease { fence, renewer }
+        Lease { fence, renewing, tasks: tasks.clone() }
     }
 
     pub fn fence(&self) -> Arc<LeaseFence> {
@@ -136,11 +146,11 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.renewer.abort();
+        self.renewing.cancel();
         let (store, id, token) = (self.fence.store.clone(), self.fence.id, self.fence.token);
         store.forget_fence(id, token);
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.tasks.spawn(async move {
                 if let Err(e) = store.release_lease(id, token).await {
                     tracing::warn!(id, "cannot give the lease on this batch back ({e}); it expires by itself");
                 }

@@ -10,6 +10,7 @@ mod filing;
 mod lease;
 pub(crate) mod lock;
 mod parts;
+mod recovery;
 mod requeue;
 mod resubmit;
 pub mod tenancy;
@@ -23,17 +24,17 @@ pub use resubmit::{Prepared, ResubmitError};
 
 use crate::batch::{Kind, RejectReason, State};
 use crate::config::{Config, PathsConfig, RetryConfig, Route};
+use crate::delivery::{Channel, Fence, Progress, Unfenced};
 use crate::fingerprint;
 use crate::folders::{self, claimed_name, folder_name};
-use crate::metrics::Filed;
 use crate::receipt::{Part, Receipt};
-use crate::ship::{Fence, Pool, Unfenced};
+use crate::ship::{Pool, Sftp};
 use crate::store::{BatchRecord, Change, Contents, Origin, Store, StoreError};
+use crate::tasks::Tasks;
 use crate::telemetry::blocking;
 use crate::validate::{self, Report, Validated};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -130,38 +131,53 @@ pub enum Admitted {
     Finished(Box<Outcome>),
 }
 
-/// Everything a batch's life needs; shared by the daemon's tasks, `send` and `retry`.
+/// Everything a batch's life needs; shared by the daemon's tasks, `send`, `resubmit` and `retry`.
 pub struct Lifecycle {
-    pub store: Store,
-    /// Where batches go: every route of the config (`send`: the one it was given).
-    pub routes: Vec<Route>,
-    pub retry: RetryConfig,
+    store: Store,
+    /// Where batches go: every route of the config (`send`: the one it was given), each with
+    /// the channel its batches go by.
+    ways: Vec<Way>,
+    retry: RetryConfig,
     /// A batch over Jumio's row limit is shipped as parts (else it is rejected).
-    pub split_over_limit: bool,
+    split_over_limit: bool,
     /// Where the folders of parts are built (the daemon: `work/.parts`; `send`: beside the database).
-    pub staging: PathBuf,
+    staging: PathBuf,
     /// The ready-marker file name (never shipped).
-    pub marker: String,
-    pub locks: Locks,
-    /// Set on shutdown: uploads end at the next file boundary, before DONE.
-    pub stop: Arc<AtomicBool>,
+    marker: String,
+    locks: Locks,
+    /// The process's shutdown tree: a stop makes deliveries end at their next safe point.
+    tasks: Tasks,
     /// SSH connections kept open between batches.
-    pub pool: Arc<Pool>,
+    pool: Arc<Pool>,
     /// Called as each upload starts with its live counters (`send`'s progress bar).
-    pub watch_upload: Option<WatchUpload>,
+    watch_upload: Option<WatchUpload>,
+}
+
+/// A route and the channel its batches go by.
+pub struct Way {
+    pub route: Route,
+    pub channel: Arc<dyn Channel>,
 }
 
 /// Something that follows an upload's counters while it runs.
-pub type WatchUpload = Box<dyn Fn(&Arc<crate::ship::Progress>) + Send + Sync>;
+pub type WatchUpload = Box<dyn Fn(&Arc<Progress>) + Send + Sync>;
 
 impl Lifecycle {
     /// The lifecycle of `routes`, each route's tenant spelled as the store knows its account
-    /// (`tenancy::unify`).
-    pub async fn new(store: Store, config: &Config, mut routes: Vec<Route>, stop: Arc<AtomicBool>) -> Result<Lifecycle, LifecycleError> {
+    /// (`tenancy::unify`); its background work belongs to `tasks`.
+    pub async fn new(store: Store, config: &Config, mut routes: Vec<Route>, tasks: Tasks) -> Result<Lifecycle, LifecycleError> {
         tenancy::unify(&store, &mut routes).await?;
         let connections: usize = routes.iter().map(|r| r.sftp.connections).sum();
         let idle = routes.iter().map(|r| r.sftp.pool_idle_secs).max().unwrap_or_default();
+        let pool = Arc::new(Pool::new(connections * config.watch.max_parallel_batches, Duration::from_secs(idle)));
         let database = &config.state.local_base();
+        let ways = routes
+            .into_iter()
+            .map(|route| {
+                let channel: Arc<dyn Channel> = Arc::new(Sftp::new(route.sftp.clone(), pool.clone()));
+                Way { route, channel }
+            })
+            .collect();
         Ok(Lifecycle {
             store,
             retry: config.retry.clone(),
@@ -169,22 +185,53 @@ impl Lifecycle {
             staging: config.paths.as_ref().map_or_else(|| beside(database, "parts"), |p| p.work.join(PARTS_FOLDER)),
             marker: config.watch.marker.clone(),
             locks: Locks::beside(database),
-            stop,
-            pool: Arc::new(Pool::new(connections * config.watch.max_parallel_batches, Duration::from_secs(idle))),
-            routes,
+            tasks,
+            pool,
+            ways,
             watch_upload: None,
+        })
+    }
+
+    /// The store, for what the daemon and the commands only read from it (counts, identity).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The shutdown tree this lifecycle's work belongs to.
+    pub fn tasks(&self) -> &Tasks {
+        &self.tasks
+    }
+
+    /// The route at `index` (the daemon's inboxes know their route by it).
+    pub fn route_at(&self, index: usize) -> &Route {
+        &self.ways[index].route
+    }
+
+    /// Follows each upload's live counters from now on (`send`'s progress bar).
+    pub fn watch_uploads(&mut self, watch: WatchUpload) {
+        self.watch_upload = Some(watch);
+    }
+
+    /// Closes the kept connections idle past their time (off the async runtime).
+    pub async fn sweep_connections(&self) {
+        let pool = self.pool.clone();
+        blocking(move || pool.sweep()).await
+    }
+
+    /// The route a batch goes to, and its channel: the one its record names.
+    pub fn way(&self, record: &BatchRecord) -> Result<&Way, LifecycleError> {
+        let found = self.ways.iter().find(|w| w.route.name == record.origin.route);
+        // A batch recorded before routes were named goes where the only route goes.
+        let found = found.or_else(|| self.ways.first().filter(|_| record.origin.route.is_none() && self.ways.len() == 1));
+        found.ok_or_else(|| LifecycleError::UnknownRoute {
+            name: record.name.clone(),
+            route: record.origin.route.clone().unwrap_or_default(),
         })
     }
 
     /// The route a batch goes to: the one its record names.
     pub fn route(&self, record: &BatchRecord) -> Result<&Route, LifecycleError> {
-        let found = self.routes.iter().find(|r| r.name == record.origin.route);
-        // A batch recorded before routes were named goes where the only route goes.
-        let found = found.or_else(|| self.routes.first().filter(|_| record.origin.route.is_none() && self.routes.len() == 1));
-        found.ok_or_else(|| LifecycleError::UnknownRoute {
-            name: record.name.clone(),
-            route: record.origin.route.clone().unwrap_or_default(),
-        })
+        Ok(&self.way(record)?.route)
     }
 
     /// A new batch's route and tenant: what `send` was given (its only route).
@@ -197,11 +244,11 @@ impl Lifecycle {
     /// With `allow_duplicate` a submitted batch is submitted again (the operator asked for it).
     pub async fn admit(&self, dir: &Path, allow_duplicate: bool) -> Result<Admitted, LifecycleError> {
         let checked = self.validate(dir).await?;
-        let source = source_path(dir);
+        let source = source_path(dir).await;
         let name = checked.report.batch.clone();
         let (key, digests) = digest(&checked);
         let contents = contents_of(&key, &checked);
-        let origin = Lifecycle::origin(&self.routes[0]);
+        let origin = Lifecycle::origin(&self.ways[0].route);
         let tenant = origin.tenant.as_deref();
         let locks = self.locks.clone();
         let _admitting = blocking(move || locks.admission()).await?;
@@ -264,8 +311,10 @@ impl Lifecycle {
         let sent = std::time::Instant::now();
         let (record, token) = self.store.claim(name, origin, |id| work.join(claimed_name(id, name)).display().to_string()).await?;
         let guard = match token {
-            Some(token) => Guard::Lease(Lease::held(&self.store, record.id, token, sent)),
-            None => Guard::Lock(self.locks.batch(record.id)?.unwrap_or_else(|holder| panic!("bug: a new batch is locked by {holder}"))),
+            Some(token) => Guard::Lease(Lease::held(&self.store, record.id, token, sent, &self.tasks)),
+            None => {
+                Guard::Lock(self.batch_lock(record.id).await?.unwrap_or_else(|holder| panic!("bug: a new batch is locked by {holder}")))
+            }
         };
         Ok((record, guard))
     }
@@ -274,10 +323,12 @@ impl Lifecycle {
     /// record is adopted, so it resumes into its own UUID) or put there by hand (claimed anew).
     pub async fn adopt(&self, dir: &Path, work: &Path) -> Result<Option<(BatchRecord, PathBuf, Option<Guard>)>, LifecycleError> {
         let name = folder_name(dir);
-        let Some(record) = self.store.unfinished_at(&source_path(dir)).await? else {
+        let Some(record) = self.store.unfinished_at(&source_path(dir).await).await? else {
             // Put there by hand: its tenant is known only when there is one route.
-            return match &self.routes[..] {
-                [only] if only.name.is_none() => Ok(self.claim(dir, &name, work, only).await?.map(|(r, d, g)| (r, d, Some(g)))),
+            return match &self.ways[..] {
+                [only] if only.route.name.is_none() => {
+                    Ok(self.claim(dir, &name, work, &only.route).await?.map(|(r, d, g)| (r, d, Some(g))))
+                }
                 _ => Err(LifecycleError::UnknownRoute {
                     name,
                     route: "(none: it was put into work/ by hand; move it into a route's inbox)".into(),
@@ -305,9 +356,15 @@ impl Lifecycle {
     /// fleet mode its lease.
     pub async fn hold(&self, id: i64) -> Result<Result<Guard, Holder>, LifecycleError> {
         if self.store.fleet().is_some() {
-            return Ok(Lease::take(&self.store, id).await?.map(Guard::Lease));
+            return Ok(Lease::take(&self.store, id, &self.tasks).await?.map(Guard::Lease));
         }
-        Ok(self.locks.batch(id)?.map(Guard::Lock))
+        Ok(self.batch_lock(id).await?.map(Guard::Lock))
+    }
+
+    /// The kernel lock of batch `id` (one host), taken off the async runtime.
+    async fn batch_lock(&self, id: i64) -> Result<Result<Held, Holder>, LockError> {
+        let locks = self.locks.clone();
+        blocking(move || locks.batch(id)).await
     }
 
     /// `work` with the batch already held (until its folder is filed).
@@ -319,7 +376,7 @@ impl Lifecycle {
             state if state.is_finished() => self.recover(record, dir).await?,
             _ => self.advance(record, dir, guard.clone()).await?,
         };
-        if outcome_summary(&outcome).is_some() && !guard.confirm().await {
+        if filing::outcome_summary(&outcome).is_some() && !guard.confirm().await {
             // Fleet mode: the lease ran out meanwhile; whoever holds it now files the folder.
             tracing::warn!(batch = %outcome_record(&outcome).name, id, "this host's lease ran out before the batch was filed; left to the host that holds it now");
             return Ok(Outcome::Interrupted { record: self.record(id).await? });
@@ -332,102 +389,43 @@ impl Lifecycle {
 
     /// Validates (again) and makes one upload attempt of an unfinished batch.
     async fn advance(&self, record: BatchRecord, dir: &Path, guard: Arc<Guard>) -> Result<Outcome, LifecycleError> {
+        match self.check_claim(record, dir, guard).await? {
+            Ok(mut claim) => self.attempt(&mut claim, false).await,
+            Err(outcome) => Ok(outcome),
+        }
+    }
+
+    /// A held batch that `run_to_end` is to work (a resubmission): validated, a failed one
+    /// reopened first (it resumes into its own folder).
+    pub async fn ready(&self, record: BatchRecord, dir: &Path, guard: Guard) -> Result<Result<Claim, Outcome>, LifecycleError> {
+        let record = if record.state == State::Failed { self.reopen(record).await? } else { record };
+        self.check_claim(record, dir, Arc::new(guard)).await
+    }
+
+    /// The held batch `record` in `dir`, validated (again): ready for an attempt, or its outcome
+    /// when it is invalid (rejected), changed since it was checked (failed), or taken over.
+    pub async fn check_claim(&self, record: BatchRecord, dir: &Path, guard: Arc<Guard>) -> Result<Result<Claim, Outcome>, LifecycleError> {
         let mut checked = self.validate(dir).await?;
         checked.report.batch = record.name.clone();
         let (key, digests) = digest(&checked);
         let record = if record.state == State::Discovered {
             if !self.store.record_contents(record.id, &contents_of(&key, &checked)).await? {
-                return self.moved_elsewhere(record).await;
+                return self.moved_elsewhere(record).await.map(Err);
             }
             if !checked.report.valid {
                 let record = self.reject_invalid(record, &checked.report).await?;
-                return Ok(Outcome::Rejected { record, report: checked.report });
+                return Ok(Err(Outcome::Rejected { record, report: checked.report }));
             }
             self.store.transition(record.id, State::Discovered, State::Validated, Change::default()).await?.unwrap_or(record)
         } else if key != record.content_key || !checked.report.valid {
             // What is shipped must be what was checked: never mix two versions in one folder.
             let reason = "the batch folder changed after it was validated (a file was added, removed, resized or edited); \
                           drop the corrected batch into the inbox as a new batch";
-            return self.fail(record, reason).await;
+            return self.fail(record, reason).await.map(Err);
         } else {
             record
         };
-        let mut claim = Claim { record, dir: dir.to_path_buf(), checked, digests, guard };
-        self.attempt(&mut claim, false).await
-    }
-
-    /// The outcome of a batch whose state was recorded but whose folder was not filed yet.
-    async fn recover(&self, record: BatchRecord, dir: &Path) -> Result<Outcome, LifecycleError> {
-        Ok(match (record.state, record.reject_reason) {
-            (State::Submitted, _) => {
-                let receipt = self.stored_receipt(&record).await?;
-                Outcome::AlreadySubmitted { record, receipt }
-            }
-            (State::Rejected, reason) => {
-                let mut report = self.validate(dir).await?.report;
-                report.batch = record.name.clone();
-                let of = match (reason, record.duplicate_of) {
-                    (Some(RejectReason::Duplicate), Some(of)) => self.store.get(of).await?,
-                    _ => None,
-                };
-                match of {
-                    Some(of) => Outcome::Duplicate { record, of, report },
-                    None => Outcome::Rejected { record, report },
-                }
-            }
-            _ => Outcome::Failed { record },
-        })
-    }
-
-    /// Files a finished batch's folder with its receipt or report; `None` for unfinished ones.
-    async fn file(&self, outcome: &Outcome, dir: &Path, drops: &PathsConfig) -> Result<Option<PathBuf>, LifecycleError> {
-        let (dir, drops, outcome_owned) = (dir.to_path_buf(), drops.clone(), outcome_summary(outcome));
-        let Some(summary) = outcome_owned else { return Ok(None) };
-        let record_id = outcome_record(outcome).id;
-        let (from, target) = (dir.clone(), summary.destination(&drops).to_path_buf());
-        let there = {
-            let dir = dir.clone();
-            blocking(move || dir.is_dir()).await
-        };
-        if !there {
-            // Filed already: by another host of the fleet, between its scan and ours.
-            let now = self.record(record_id).await?;
-            if let Some(filed) = now.filed_path {
-                let by = now.filed_by.unwrap_or_else(|| "another process".into());
-                tracing::info!(id = record_id, to = %filed, "already filed by {by}; nothing to do");
-                return Ok(None);
-            }
-        }
-        let moved = blocking(move || summary.write(&dir, &drops)).await.map_err(|source| moving("file", &from, &target, source))?;
-        if !self.store.set_filed_path(record_id, &moved.display().to_string()).await? {
-            tracing::warn!(id = record_id, to = %moved.display(), "filed, but this host's lease ran out before it could record where");
-        }
-        crate::metrics::filed(match outcome {
-            Outcome::Submitted { .. } | Outcome::AlreadySubmitted { .. } => Filed::Done,
-            Outcome::Rejected { .. } | Outcome::Duplicate { .. } => Filed::Rejected,
-            _ => Filed::Failed,
-        });
-        Ok(Some(moved))
-    }
-
-    /// After a panic in its task: the batch fails with the reason (never retried forever) and
-    /// its folder is filed in failed/. Returns where it went.
-    pub async fn fail_abandoned(&self, id: i64, dir: &Path, drops: &PathsConfig, why: &str) -> Result<Outcome, LifecycleError> {
-        let _guard = match self.hold(id).await? {
-            Ok(guard) => guard,
-            Err(holder) => return Ok(Outcome::Busy { record: self.record(id).await?, holder }),
-        };
-        let record = self.record(id).await?;
-        let outcome = match record.state {
-            State::Failed => Outcome::Failed { record },
-            state if state.is_finished() => self.recover(record, dir).await?,
-            _ => self.fail(record, &format!("internal error: {why}; please report it (the batch was not submitted)")).await?,
-        };
-        let folder = dir.to_path_buf();
-        if blocking(move || folder.is_dir()).await {
-            self.file(&outcome, dir, drops).await?;
-        }
-        Ok(outcome)
+        Ok(Ok(Claim { record, dir: dir.to_path_buf(), checked, digests, guard }))
     }
 
     async fn record(&self, id: i64) -> Result<BatchRecord, LifecycleError> {
@@ -502,9 +500,11 @@ fn beside(database: &Path, what: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Where a claimed folder sits, as recorded for `send`'s folders (canonical path).
-pub fn source_path(dir: &Path) -> String {
-    dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()).display().to_string()
+/// Where a claimed folder sits, as recorded for `send`'s folders (canonical path; resolved off
+/// the async runtime: the folder may be on a share).
+pub async fn source_path(dir: &Path) -> String {
+    let dir = dir.to_path_buf();
+    blocking(move || dir.canonicalize().unwrap_or(dir).display().to_string()).await
 }
 
 /// The record an outcome is about.
@@ -549,46 +549,6 @@ fn summarize(codes: &[&str]) -> String {
     unique.sort();
     unique.dedup();
     unique.join(", ")
-}
-
-/// What filing a finished outcome writes, as plain data for a blocking thread.
-enum Filing {
-    Done(BatchRecord, Receipt),
-    Rejected(BatchRecord, Report),
-    Duplicate(BatchRecord, Report, String),
-    Failed(BatchRecord),
-}
-
-fn outcome_summary(outcome: &Outcome) -> Option<Filing> {
-    Some(match outcome {
-        Outcome::Submitted { record, receipt } | Outcome::AlreadySubmitted { record, receipt } => {
-            Filing::Done(record.clone(), receipt.clone())
-        }
-        Outcome::Rejected { record, report } => Filing::Rejected(record.clone(), report.clone()),
-        Outcome::Duplicate { record, of, report } => Filing::Duplicate(record.clone(), report.clone(), duplicate_message(record, of)),
-        Outcome::Failed { record } => Filing::Failed(record.clone()),
-        Outcome::RetryWait { .. } | Outcome::Interrupted { .. } | Outcome::Busy { .. } => return None,
-    })
-}
-
-impl Filing {
-    fn destination<'a>(&self, drops: &'a PathsConfig) -> &'a Path {
-        match self {
-            Filing::Done(..) => &drops.done,
-            Filing::Rejected(..) | Filing::Duplicate(..) => &drops.rejected,
-            Filing::Failed(..) => &drops.failed,
-        }
-    }
-
-    fn write(&self, dir: &Path, drops: &PathsConfig) -> std::io::Result<PathBuf> {
-        let to = self.destination(drops);
-        match self {
-            Filing::Done(record, receipt) => filing::file_done(dir, to, record, receipt),
-            Filing::Rejected(record, report) => filing::file_rejected(dir, to, record, report),
-            Filing::Duplicate(record, report, reason) => filing::file_duplicate(dir, to, record, report, reason),
-            Filing::Failed(record) => filing::file_failed(dir, to, record),
-        }
-    }
 }
 
 /// The digest of what was checked (each file's sha256, taken as validation read it) and its

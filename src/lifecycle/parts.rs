@@ -12,7 +12,6 @@ use crate::store::{BatchRecord, Change, Origin};
 use crate::telemetry::blocking;
 use crate::validate::{RowRange, INPUT_CSV, MAX_CSV_BYTES};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 impl Lifecycle {
@@ -40,7 +39,7 @@ impl Lifecycle {
             if existing.as_ref().is_some_and(|p| p.state == State::Submitted) {
                 continue;
             }
-            if self.stop.load(Ordering::SeqCst) {
+            if self.tasks.is_stopping() {
                 return Ok(Outcome::Interrupted { record: batch });
             }
             let name = format!("{}.part-{number}-of-{}", batch.name, ranges.len());

@@ -39,7 +39,7 @@ impl Lifecycle {
                 record.name, record.id, record.state
             )));
         }
-        if let Some(reason) = super::tenancy::refusal(&record, self.route(&record)?).await {
+        if let Some(reason) = super::tenancy::refusal(&record, self.way(&record)?).await {
             return Ok(Requeued::Refused(format!("batch {} (id {}) is not retried: {reason}", record.name, record.id)));
         }
         let moving = filed.zip(back_to);

@@ -37,9 +37,9 @@ pub async fn unify(store: &Store, routes: &mut [Route]) -> Result<(), StoreError
 }
 
 /// Why a record may not go where its route points now; `None` when it may.
-pub async fn refusal(record: &BatchRecord, route: &Route) -> Option<String> {
-    let uuid = record.remote_uuid.as_deref();
-    let folder_now = uuid.map(|u| crate::ship::remote_join(&route.sftp.remote_dir, u));
+pub async fn refusal(record: &BatchRecord, way: &super::Way) -> Option<String> {
+    let (route, uuid) = (&way.route, record.remote_uuid.as_deref());
+    let folder_now = uuid.map(|u| way.channel.remote_dir(u));
     let folder_moved = match (&record.remote_dir, &folder_now) {
         (Some(then), Some(now)) => then != now,
         _ => false,

@@ -5,7 +5,8 @@
 
 use super::session::Connection;
 use super::wire::{self, Decoder, Reply};
-use super::{Fence, ShipError};
+use super::{fenced, ShipError};
+use crate::delivery::Fence;
 use std::io::{Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::time::{Duration, Instant};
@@ -200,7 +201,7 @@ impl Conversation for Calls<'_> {
         Ok(())
     }
     fn may_send(&self) -> Result<(), ShipError> {
-        self.fence.check()
+        fenced(self.fence)
     }
     fn unsent(&self) -> &[u8] {
         &self.outbox[self.sent..]

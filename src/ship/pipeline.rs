@@ -12,7 +12,7 @@ use super::session::Connection;
 use super::wire::{self, Reply};
 use super::ShipError;
 use crate::batchfs::BatchDir;
-use crate::validate::BatchFile;
+use crate::batchfs::BatchFile;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs::File;

@@ -2,7 +2,7 @@
 //! history, and what a change of it may set. Plain data; the SQL is in `batches`.
 
 use crate::batch::{Kind, RejectReason, State};
-use crate::validate::BatchFile;
+use crate::batchfs::BatchFile;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::FromRow;

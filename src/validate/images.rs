@@ -2,7 +2,7 @@
 
 use super::csv_rules::ImageRef;
 use super::problem::Findings;
-use crate::batchfs::{in_parallel, BatchDir, Opened};
+use crate::batchfs::{in_parallel, BatchDir, BatchFile, Opened};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
@@ -11,16 +11,6 @@ use std::path::{Component, Path, PathBuf};
 
 pub const MAX_IMAGE_BYTES: u64 = 15_000_000;
 pub const MAX_IMAGE_PIXELS_PER_SIDE: usize = 8000;
-
-/// A file that will be shipped: its path inside the batch (with `/`), its size, and how
-/// messages name it (`input.csv`, or the row and column that name an image: file names may be
-/// personal, so they never appear in logs or errors).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BatchFile {
-    pub path: String,
-    pub size: u64,
-    pub label: String,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {

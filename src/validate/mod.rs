@@ -8,15 +8,18 @@ mod problem;
 mod report;
 
 pub use csv_rules::{check_csv, CsvCheck, ImageRef, MAX_DATA_ROWS};
-pub use images::{BatchFile, MAX_IMAGE_BYTES};
+pub use images::MAX_IMAGE_BYTES;
 pub use problem::{Findings, Problem};
 pub use report::render_text;
 
+use crate::batchfs::BatchFile;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 pub const INPUT_CSV: &str = "input.csv";
+/// The file whose arrival starts Jumio's processing of a batch folder: never an image's name.
+pub const DONE_FILE: &str = "DONE";
 /// input.csv is read only up to this size: 10,000 rows of 5,000 bytes.
 pub const MAX_CSV_BYTES: u64 = 50_000_000;
 
@@ -150,7 +153,7 @@ pub fn validate_with(dir: &Path, rules: Rules<'_>) -> Result<Validated, Unreadab
         );
     }
     findings.extend(csv.findings);
-    let mut markers = vec![crate::ship::DONE_FILE];
+    let mut markers = vec![DONE_FILE];
     markers.extend(marker);
     let images = images::check_images(dir, &csv.images, &markers, rules.digest, &mut findings).map_err(unreadable)?;
     let referenced: HashSet<String> = csv.images.iter().map(|i| i.path.clone()).collect();

@@ -86,6 +86,13 @@ impl Drops {
         v
     }
 
+    /// `run --once` to its end, which must be a success.
+    #[track_caller]
+    pub fn run_once(&self) {
+        let mut daemon = self.spawn(&["--once"]);
+        assert_eq!(daemon.wait(), Some(0), "{}", daemon.log_text());
+    }
+
     pub fn spawn(&self, args: &[&str]) -> Daemon {
         self.spawn_with_env(args, &[])
     }
