@@ -35,8 +35,15 @@ pub struct Opened {
 }
 
 impl BatchDir {
+    /// Opens the batch folder itself, which must be a folder, not a link to one.
     pub fn open(root: &Path) -> std::io::Result<BatchDir> {
-        Ok(BatchDir { root: root.to_path_buf(), dir: File::open(root)? })
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let dir = match rustix::fs::open(root, flags, Mode::empty()) {
+            Ok(fd) => File::from(fd),
+            Err(rustix::io::Errno::LOOP) => return Err(outside()),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(BatchDir { root: root.to_path_buf(), dir })
     }
 
     /// Opens `rel` (a path with `/`, relative to the folder) for reading, if it is a regular

@@ -55,6 +55,10 @@ pub enum DeliveryError {
     /// Anything else, with whether trying again later can help.
     #[error("{reason}")]
     Failed { reason: String, permanent: bool },
+    /// This host ran short (descriptors, memory): tried again later, and not counted as an
+    /// attempt, since nothing is wrong with the batch or its tenant.
+    #[error("this host ran short of descriptors or memory ({0}); trying again later")]
+    HostShort(String),
 }
 
 /// A delivery under way.

@@ -7,14 +7,39 @@
 //! directly in it.
 
 use crate::config::{PathsConfig, Route};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
-/// One folder of the layout: what the config calls it, how it is spelled, what it is.
+/// One folder of the layout: what the config calls it, how it is spelled, what it is, and the
+/// (device, inode) of it and of each folder above it, as far as they exist: a bind mount (or two
+/// mounts of one share) is one folder under two paths.
 #[derive(Debug, Clone)]
 pub struct Place {
     pub role: String,
     pub spelled: PathBuf,
     pub real: PathBuf,
+    id: Option<(u64, u64)>,
+    above: Vec<(u64, u64)>,
+}
+
+impl Place {
+    fn new(role: String, spelled: &Path) -> Result<Place, LayoutError> {
+        let unresolvable = |source| LayoutError::Unresolvable { role: role.clone(), path: spelled.to_path_buf(), source };
+        let real = resolve(spelled).map_err(unresolvable)?;
+        let id_of = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+        let above = real.ancestors().skip(1).filter_map(id_of).collect();
+        Ok(Place { id: id_of(&real), above, role, spelled: spelled.to_path_buf(), real })
+    }
+
+    /// The same folder, however spelled or mounted.
+    fn is(&self, other: &Place) -> bool {
+        self.real == other.real || self.id.is_some() && self.id == other.id
+    }
+
+    /// Inside `other` (not `other` itself).
+    fn within(&self, other: &Place) -> bool {
+        !self.is(other) && (self.real.starts_with(&other.real) || other.id.is_some_and(|id| self.above.contains(&id)))
+    }
 }
 
 impl std::fmt::Display for Place {
@@ -55,11 +80,7 @@ impl Layout {
     /// Resolves every folder `paths` and `routes` name (and `database`, SQLite's file, which must
     /// not lie in any of them) and checks that none aliases another.
     pub fn check(paths: &PathsConfig, routes: &[Route], database: Option<&Path>) -> Result<Layout, LayoutError> {
-        let place = |role: String, spelled: &Path| -> Result<Place, LayoutError> {
-            let real =
-                resolve(spelled).map_err(|source| LayoutError::Unresolvable { role: role.clone(), path: spelled.to_path_buf(), source })?;
-            Ok(Place { role, spelled: spelled.to_path_buf(), real })
-        };
+        let place = Place::new;
         let top = place("[paths] inbox".into(), &paths.inbox)?;
         let mut inboxes = Vec::new();
         for route in routes {
@@ -86,16 +107,16 @@ impl Layout {
         }
         let named = routes.iter().any(|r| r.name.is_some());
         for inbox in inboxes.iter().filter(|_| named) {
-            if inbox.real == top.real && inboxes.len() == 1 {
+            if inbox.is(&top) && inboxes.len() == 1 {
                 continue;
             }
-            if inbox.real == top.real {
+            if inbox.is(&top) {
                 return Err(LayoutError::Inside { inner: others_of(&inboxes, inbox).to_string(), outer: inbox.to_string() });
             }
-            if top.real.starts_with(&inbox.real) {
+            if top.within(inbox) {
                 return Err(LayoutError::Inside { inner: top.to_string(), outer: inbox.to_string() });
             }
-            if inbox.real.starts_with(&top.real) && inbox.real.parent() != Some(top.real.as_path()) {
+            if inbox.within(&top) && inbox.real.parent() != Some(top.real.as_path()) {
                 let outer_path = top.spelled.display().to_string();
                 return Err(LayoutError::Deep { inner: inbox.to_string(), outer: top.to_string(), outer_path });
             }
@@ -103,7 +124,7 @@ impl Layout {
         if let Some(database) = database {
             let db = place("[state] database".into(), database)?;
             for folder in std::iter::once(&top).chain(&inboxes).chain(&drops) {
-                if db.real.starts_with(&folder.real) {
+                if db.within(folder) {
                     return Err(LayoutError::Inside { inner: db.to_string(), outer: folder.to_string() });
                 }
             }
@@ -142,13 +163,13 @@ fn others_of<'a>(inboxes: &'a [Place], this: &'a Place) -> &'a Place {
 }
 
 fn compare(a: &Place, b: &Place) -> Result<(), LayoutError> {
-    if a.real == b.real {
+    if a.is(b) {
         return Err(LayoutError::Same { a: a.to_string(), b: b.to_string() });
     }
-    if a.real.starts_with(&b.real) {
+    if a.within(b) {
         return Err(LayoutError::Inside { inner: a.to_string(), outer: b.to_string() });
     }
-    if b.real.starts_with(&a.real) {
+    if b.within(a) {
         return Err(LayoutError::Inside { inner: b.to_string(), outer: a.to_string() });
     }
     Ok(())
@@ -165,6 +186,9 @@ pub fn resolve(path: &Path) -> std::io::Result<PathBuf> {
             Component::RootDir | Component::Prefix(_) | Component::CurDir => {}
             Component::ParentDir => {
                 real.pop();
+                // Back out of a part that does not exist yet: what follows is resolved again,
+                // as the kernel will once that part is created.
+                exists = exists || std::fs::symlink_metadata(&real).is_ok();
             }
             Component::Normal(name) => {
                 real.push(name);
@@ -231,6 +255,7 @@ mod tests {
             (format!("{}{}", route("a", "alpha"), route("b", "../done/x")), "lies inside"),
             (format!("{}{}", route("a", "alpha"), route("b", "..")), "lies inside"),
             (format!("{}{}", route("a", "alpha"), route("b", "deep/er")), "not directly in it"),
+            (format!("{}{}", route("a", "nx/../beta"), route("b", "alpha")), "are one folder"),
         ];
         for (routes, says) in cases {
             let err = layout(root, &routes).unwrap_err().to_string();

@@ -301,3 +301,29 @@ fn a_linked_batch_folder_in_the_inbox_is_filed_in_rejected_with_a_report_and_nev
     assert!(daemon.log_text().contains("a symbolic link in the inbox is not a batch"), "{}", daemon.log_text());
     assert_eq!(daemon.terminate(), Some(0));
 }
+
+#[test]
+fn a_link_swapped_in_while_a_batch_is_claimed_is_never_followed_nor_shipped() {
+    let (a, b) = (TestServer::start(), TestServer::start());
+    // Each claim waits 1.5 s between the scan and its rename: the swap lands in between.
+    let drops = Drops::new(&a, MARKER_MODE);
+    drops.configure(&format!("{}{}", a.route_toml("a", "alpha"), b.route_toml("b", "beta")));
+    let for_a = Batch::at(&drops.dir("inbox/alpha/acme")).with_tagged_rows(2, "tenant-a");
+    let for_b = drops.stage("grab").with_tagged_rows(1, "tenant-b");
+    let grab = drops.dir("inbox/beta/grab");
+    std::fs::create_dir_all(drops.dir("inbox/beta")).unwrap();
+    std::fs::rename(&for_b.dir, &grab).unwrap();
+    std::fs::write(grab.join("DONE"), b"").unwrap();
+    let daemon = drops.spawn_with_env(&[], &[(jumio_batchd::failpoint::ENV, "before_claim_rename~1500")]);
+    daemon.wait_for_log("claiming", WAIT);
+    // B's dropper swaps its batch for a link to A's folder, still being written (no DONE).
+    std::fs::rename(&grab, drops.dir("inbox/beta/.grab-real")).unwrap();
+    std::os::unix::fs::symlink(&for_a.dir, &grab).unwrap();
+    drops.wait_for("rejected", 1, WAIT);
+    let filed = drops.dir("rejected/grab");
+    assert!(std::fs::symlink_metadata(filed.join("grab")).unwrap().file_type().is_symlink(), "the link itself was filed");
+    assert!(std::fs::read_to_string(filed.join("REJECTED.txt")).unwrap().contains("symbolic link"));
+    assert!(b.remote_folders().is_empty() && a.remote_folders().is_empty(), "nothing was shipped anywhere");
+    assert!(!for_a.path("RECEIPT.json").exists() && for_a.path("input.csv").exists(), "tenant A's folder is untouched");
+    assert!(daemon.log_text().contains("a symbolic link in the inbox is not a batch"), "{}", daemon.log_text());
+}

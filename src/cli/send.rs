@@ -37,6 +37,8 @@ pub async fn run(config: Option<&Path>, dir: &Path, shown: Shown, allow_duplicat
     if terminal && !shown.quiet {
         life.watch_uploads(bars.watcher());
     }
+    // A link named on the command line is the operator's to follow (the daemon never follows one).
+    let dir = &dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     let outcome = match life.admit(dir, allow_duplicate).await? {
         Admitted::Finished(outcome) => *outcome,
         Admitted::Ready(claim) => {

@@ -13,7 +13,7 @@ use crate::batch::State;
 use crate::config::{Loaded, PathsConfig, Readiness, Route, WatchConfig};
 use crate::folders::{self, folder_name, parse_claimed};
 use crate::layout::Layout;
-use crate::lifecycle::{self, Guard, Held, Lifecycle, LifecycleError, Locks, Outcome};
+use crate::lifecycle::{self, Claimed, Guard, Held, Lifecycle, LifecycleError, Locks, Outcome};
 use crate::store::{Schema, Store, StoreError};
 use crate::tasks::Tasks;
 use crate::telemetry::blocking;
@@ -126,8 +126,10 @@ struct Inbox {
     /// The route of its batches (an index into the lifecycle's routes); `None`: the top of a
     /// config with named routes, where a batch belongs to no route and is filed with a report.
     route: Option<usize>,
-    /// Names not to take for batches: the route inboxes inside this folder.
+    /// What not to take for batches: the route inboxes inside this folder, by name, and links
+    /// here that lead to one (an operator's way into a route's inbox), by where they lead.
     skip: Vec<String>,
+    skip_links_to: Vec<PathBuf>,
     settle: inbox::Settle,
     missing: bool,
 }
@@ -135,15 +137,23 @@ struct Inbox {
 /// The inboxes to scan: one per route, and with named routes the top of `[paths] inbox` too,
 /// where a batch belongs to no route (the routes' inboxes in it are skipped).
 fn inboxes(paths: &PathsConfig, routes: &[Route], layout: &Layout) -> Vec<Inbox> {
-    let inbox = |path: PathBuf, route, skip| Inbox { path, route, skip, settle: inbox::Settle::default(), missing: false };
+    let inbox = |path: PathBuf, route, skip, skip_links_to| Inbox {
+        path,
+        route,
+        skip,
+        skip_links_to,
+        settle: inbox::Settle::default(),
+        missing: false,
+    };
     let mut all: Vec<Inbox> = routes
         .iter()
         .enumerate()
-        .map(|(i, r)| inbox(r.inbox.clone().unwrap_or_else(|| paths.inbox.clone()), Some(i), Vec::new()))
+        .map(|(i, r)| inbox(r.inbox.clone().unwrap_or_else(|| paths.inbox.clone()), Some(i), Vec::new(), Vec::new()))
         .collect();
     let top_is_a_route = layout.routes.iter().any(|r| r.real == layout.top.real);
     if routes.iter().any(|r| r.name.is_some()) && !top_is_a_route {
-        all.push(inbox(paths.inbox.clone(), None, layout.route_names_in_top()));
+        let route_inboxes = layout.routes.iter().map(|r| r.real.clone()).collect();
+        all.push(inbox(paths.inbox.clone(), None, layout.route_names_in_top(), route_inboxes));
     }
     all
 }
@@ -169,9 +179,11 @@ impl Daemon {
             false => DaemonError::AlreadyRunning { holder, database: database.clone() },
             true => DaemonError::HostAlreadyRunning { holder, dir: state.local_dir.clone() },
         })?;
-        let layout = Layout::check(&paths, &routes, (!fleet).then_some(database.as_path()))?;
+        Layout::check(&paths, &routes, (!fleet).then_some(database.as_path()))?;
         let tasks = Tasks::new();
         prepare_folders(&paths, &routes)?;
+        // Again now that every folder exists: what was only spelled before is resolved now.
+        let layout = Layout::check(&paths, &routes, (!fleet).then_some(database.as_path()))?;
         // An empty database beside drop folders with history is one that was lost or emptied:
         // it is refused before anything is created in it.
         let history = crate::layout::history(&paths);
@@ -303,11 +315,14 @@ impl Daemon {
         let paths = self.paths.clone();
         let inbox = &mut self.inboxes[at];
         // Scanning (a share, perhaps) and snapshotting folders is blocking work.
-        let (path, watch, mut settle, skip) =
-            (inbox.path.clone(), self.watch.clone(), std::mem::take(&mut inbox.settle), inbox.skip.clone());
+        let (path, watch, mut settle, skip, skip_links_to) =
+            (inbox.path.clone(), self.watch.clone(), std::mem::take(&mut inbox.settle), inbox.skip.clone(), inbox.skip_links_to.clone());
         let (settle, scanned) = blocking(move || {
             let scanned = inbox::scan(&path).map(|mut entries| {
-                entries.retain(|e| !skip.contains(&e.name));
+                let leads_to_a_route = |e: &inbox::Entry| {
+                    e.kind == EntryKind::Link && path.join(&e.name).canonicalize().is_ok_and(|to| skip_links_to.contains(&to))
+                };
+                entries.retain(|e| !skip.contains(&e.name) && !leads_to_a_route(e));
                 settle.ready(&path, &entries, watch.ready, &watch.marker, Duration::from_secs(watch.settle_secs), Instant::now())
             });
             (settle, scanned)
@@ -350,12 +365,16 @@ impl Daemon {
                 }
             };
             match self.life.claim(&src, &name, &paths.work, &route).await {
-                Ok(Some((record, dir, guard))) => {
+                Ok(Claimed::Ready { record, dir, guard }) => {
                     tracing::info!(batch = %record.name, id = record.id, route = route.label(), "claimed from the inbox");
                     step.claimed += 1;
                     self.spawn(record.id, dir, Some(guard));
                 }
-                Ok(None) => tracing::info!(batch = %name, "left the inbox before it could be claimed"),
+                Ok(Claimed::Gone) => tracing::info!(batch = %name, "left the inbox before it could be claimed"),
+                Ok(Claimed::NotAFolder { now_at, is_link }) => {
+                    let kind = if is_link { EntryKind::Link } else { EntryKind::File };
+                    self.file_misplaced(&now_at, &entry.name, kind).await;
+                }
                 Err(e) => {
                     tracing::error!(batch = %name, "cannot claim: {e}");
                     self.troubled += 1;
@@ -367,14 +386,15 @@ impl Daemon {
     /// A loose file or a link in an inbox, or a folder dropped where no route takes it: filed
     /// into rejected/ with a report saying where batches go (a link is moved, never followed).
     async fn file_misplaced(&self, src: &Path, name: &str, kind: EntryKind) {
-        let (file, rejected) = (src.to_path_buf(), self.paths.rejected.clone());
+        let (file, rejected, dropped) = (src.to_path_buf(), self.paths.rejected.clone(), name.to_owned());
         let routes: Vec<String> = self.inboxes.iter().filter(|i| i.route.is_some()).map(|i| i.path.display().to_string()).collect();
         let filed = blocking(move || match kind {
             EntryKind::Folder => lifecycle::file_unrouted(&file, &rejected, &routes),
-            EntryKind::File => lifecycle::file_loose(&file, &rejected),
-            EntryKind::Link => lifecycle::file_link(&file, &rejected),
+            EntryKind::File => lifecycle::file_loose(&file, &dropped, &rejected),
+            EntryKind::Link => lifecycle::file_link(&file, &dropped, &rejected),
         })
         .await;
+        let name = folders::shown(name);
         match (filed, kind) {
             (Ok(to), EntryKind::Folder) => {
                 tracing::warn!(batch = %name, to = %to.display(), "a batch dropped outside every route's inbox; filed with a report")

@@ -169,6 +169,7 @@ impl Lifecycle {
                 return Ok(Outcome::Interrupted { record });
             }
             Err(DeliveryError::Failed { reason, permanent }) => (reason, permanent),
+            Err(short @ DeliveryError::HostShort(_)) => return self.wait_to_retry(record, short.to_string(), 1, true).await,
         };
         let attempts = u32::try_from(record.attempts).unwrap_or(u32::MAX);
         if permanent || attempts >= self.retry.max_attempts {
@@ -179,9 +180,15 @@ impl Lifecycle {
                 None => self.moved_elsewhere(record).await,
             };
         }
+        self.wait_to_retry(record, reason, attempts, false).await
+    }
+
+    /// Into retry_wait, the next attempt after the backoff of the `attempts`-th; `uncounted`:
+    /// this one does not count against `max_attempts`.
+    async fn wait_to_retry(&self, record: BatchRecord, reason: String, attempts: u32, uncounted: bool) -> Result<Outcome, LifecycleError> {
         let delay = self.retry.delay(attempts, &mut rand::thread_rng());
         let next = self.store.now() + chrono::Duration::from_std(delay).unwrap_or_default();
-        let change = Change { last_error: Some(reason), next_attempt_at: Some(next), ..Change::default() };
+        let change = Change { last_error: Some(reason), next_attempt_at: Some(next), uncount_attempt: uncounted, ..Change::default() };
         let Some(moved) = self.store.transition(record.id, State::Uploading, State::RetryWait, change).await? else {
             return self.moved_elsewhere(record).await;
         };

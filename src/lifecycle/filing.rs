@@ -169,7 +169,7 @@ pub fn file_failed(dir: &Path, failed: &Path, record: &BatchRecord) -> std::io::
          Remote folder: {uuid} (without DONE, so Jumio has not started processing it).\n\n\
          To try again once the cause is fixed:\n  jumio-batchd retry {name}\n\
          This moves the batch back into the queue and resumes it into the same remote folder, so it is\n\
-         never submitted twice. Do not drop a copy into the inbox instead.\n",
+         never submitted twice (a copy dropped into the inbox would be a new batch, with a folder of its own).\n",
         name = record.name,
         id = record.id,
         attempts = record.attempts,
@@ -180,9 +180,9 @@ pub fn file_failed(dir: &Path, failed: &Path, record: &BatchRecord) -> std::io::
     settle(dir, failed, record)
 }
 
-/// A loose file in the inbox root: batches are folders.
-pub fn file_loose(file: &Path, rejected: &Path) -> std::io::Result<PathBuf> {
-    let name = folder_name(file);
+/// A loose file in the inbox root, dropped as `dropped`: batches are folders.
+pub fn file_loose(file: &Path, dropped: &str, rejected: &Path) -> std::io::Result<PathBuf> {
+    let name = crate::folders::shown(dropped);
     let holder = create_unique_dir(rejected, &name)?;
     std::fs::rename(file, holder.join(&name))?;
     let text = format!(
@@ -195,10 +195,10 @@ pub fn file_loose(file: &Path, rejected: &Path) -> std::io::Result<PathBuf> {
     Ok(holder)
 }
 
-/// A symbolic link in an inbox: moved (the link itself, never what it points to) into a
-/// folder of rejected/ with a report. Nothing is read through it.
-pub fn file_link(link: &Path, rejected: &Path) -> std::io::Result<PathBuf> {
-    let name = folder_name(link);
+/// A symbolic link dropped into an inbox as `dropped`: moved (the link itself, never what it
+/// points to) into a folder of rejected/ with a report. Nothing is read through it.
+pub fn file_link(link: &Path, dropped: &str, rejected: &Path) -> std::io::Result<PathBuf> {
+    let name = crate::folders::shown(dropped);
     let holder = create_unique_dir(rejected, &name)?;
     std::fs::rename(link, holder.join(&name))?;
     let text = format!(

@@ -73,7 +73,7 @@ pub enum LifecycleError {
     Move { what: &'static str, from: String, to: String, source: std::io::Error },
     #[error("batch {id} has no record in the state database; was the database replaced?")]
     NoRecord { id: i64 },
-    #[error("batch {name} belongs to route {route:?}, which the config no longer has; add [routes.{route}] back (its batches go only to its own server)")]
+    #[error("batch {name} belongs to {}", route_gone(.route))]
     UnknownRoute { name: String, route: String },
     #[error("cannot build {what} of batch {name} ({source}); check the free space and permissions of {}", folder.display())]
     Build { what: String, name: String, folder: PathBuf, source: std::io::Error },
@@ -122,6 +122,28 @@ impl Guard {
             Guard::Lease(lease) => lease.confirm().await,
         }
     }
+}
+
+/// Why a record's route is not in the config, and what to do.
+fn route_gone(route: &str) -> String {
+    match route {
+        "" => "no named route: it was recorded before routes were named, and with several routes its tenant is unknown; finish it with a config of one route (its [sftp] as then), or drop it again into the inbox of the route it is for".into(),
+        route => format!("route {route:?}, which the config no longer has; add [routes.{route}] back (its batches go only to its own server)"),
+    }
+}
+
+/// What claiming a folder of the inbox came to.
+// One value per claim: its size does not matter, boxing would only add noise.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Claimed {
+    /// A batch, held by this process, its folder in work/.
+    Ready { record: BatchRecord, dir: PathBuf, guard: Guard },
+    /// Gone before it could move (another host of the fleet claimed it first).
+    Gone,
+    /// What moved was no folder (a link or a file put in its place since the scan): it is at
+    /// `now_at`, not a batch, and was never read.
+    NotAFolder { now_at: PathBuf, is_link: bool },
 }
 
 /// What `admit` found: a batch to ship, or an answer already.
@@ -280,27 +302,30 @@ impl Lifecycle {
     }
 
     /// The daemon claims `src` from the inbox: a record first (held by this process from the
-    /// start), then the folder moves to `work/<id>.<name>`. `None` when the folder was gone
-    /// before it could move (another host of the fleet may have claimed it).
-    pub async fn claim(
-        &self,
-        src: &Path,
-        name: &str,
-        work: &Path,
-        route: &Route,
-    ) -> Result<Option<(BatchRecord, PathBuf, Guard)>, LifecycleError> {
+    /// start), then the folder moves to `work/<id>.<name>`, and what moved is looked at again:
+    /// only a real folder is a batch (a link swapped in between the scan and the rename is
+    /// never followed: it is handed back as `NotAFolder`, its record forgotten).
+    pub async fn claim(&self, src: &Path, name: &str, work: &Path, route: &Route) -> Result<Claimed, LifecycleError> {
         let origin = Lifecycle::origin(route);
         let (record, guard) = self.record_claim(name, &origin, work).await?;
         let (from, to) = (src.to_path_buf(), PathBuf::from(&record.source_path));
-        let moved = rename(&from, &to).await;
-        match moved {
-            Ok(()) => Ok(Some((record, to, guard))),
-            Err(source) => {
+        tracing::debug!(batch = %record.name, id = record.id, "claiming");
+        crate::failpoint::hit_counted("before_claim_rename");
+        if let Err(source) = rename(&from, &to).await {
+            self.store.forget_unclaimed(record.id).await?;
+            return match source.kind() {
+                std::io::ErrorKind::NotFound => Ok(Claimed::Gone),
+                _ => Err(moving("claim", &from, &to, source)),
+            };
+        }
+        let moved = to.clone();
+        let kind = blocking(move || std::fs::symlink_metadata(&moved).map(|m| m.file_type())).await;
+        match kind {
+            Ok(kind) if kind.is_dir() => Ok(Claimed::Ready { record, dir: to, guard }),
+            _ => {
                 self.store.forget_unclaimed(record.id).await?;
-                match source.kind() {
-                    std::io::ErrorKind::NotFound => Ok(None),
-                    _ => Err(moving("claim", &from, &to, source)),
-                }
+                drop(guard);
+                Ok(Claimed::NotAFolder { now_at: to, is_link: kind.is_ok_and(|k| k.is_symlink()) })
             }
         }
     }
@@ -326,9 +351,10 @@ impl Lifecycle {
         let Some(record) = self.store.unfinished_at(&source_path(dir).await).await? else {
             // Put there by hand: its tenant is known only when there is one route.
             return match &self.ways[..] {
-                [only] if only.route.name.is_none() => {
-                    Ok(self.claim(dir, &name, work, &only.route).await?.map(|(r, d, g)| (r, d, Some(g))))
-                }
+                [only] if only.route.name.is_none() => match self.claim(dir, &name, work, &only.route).await? {
+                    Claimed::Ready { record, dir, guard } => Ok(Some((record, dir, Some(guard)))),
+                    Claimed::Gone | Claimed::NotAFolder { .. } => Ok(None),
+                },
                 _ => Err(LifecycleError::UnknownRoute {
                     name,
                     route: "(none: it was put into work/ by hand; move it into a route's inbox)".into(),

@@ -73,12 +73,16 @@ pub async fn refusal(record: &BatchRecord, way: &super::Way) -> Option<String> {
 /// True when two tenants are one account: spelled alike, or the same user and port on hosts
 /// that resolve to a common address.
 pub fn same_account(a: &str, b: &str) -> bool {
-    if a.eq_ignore_ascii_case(b) {
+    if a == b {
         return true;
     }
     let (Some((user_a, host_a, port_a)), Some((user_b, host_b, port_b))) = (parse(a), parse(b)) else { return false };
+    // A user name is the server's to compare: `root` and `ROOT` are two accounts.
     if user_a != user_b || port_a != port_b {
         return false;
+    }
+    if host_a.eq_ignore_ascii_case(host_b) {
+        return true;
     }
     let (addrs_a, addrs_b) = (addresses(host_a, port_a), addresses(host_b, port_b));
     !addrs_a.is_empty() && addrs_a.intersection(&addrs_b).next().is_some()
@@ -115,6 +119,7 @@ mod tests {
         assert!(same_account("acme@SFTP.example:22", "acme@sftp.example:22"));
         assert!(same_account("acme@[::1]:22", "acme@::1:22"));
         assert!(!same_account("acme@localhost:22", "other@127.0.0.1:22"), "another user is another tenant");
+        assert!(!same_account("root@127.0.0.1:22", "ROOT@127.0.0.1:22"), "user names are case-sensitive");
         assert!(!same_account("acme@localhost:22", "acme@127.0.0.1:2222"), "another port");
         assert!(!same_account("acme@127.0.0.2:22", "acme@127.0.0.1:22"));
         assert!(!same_account("acme@no-such-host.invalid:22", "acme@127.0.0.1:22"), "an unresolvable host is only its spelling");

@@ -74,6 +74,18 @@ impl ShipError {
             if !crate::batchfs::is_exhausted(source))
     }
 
+    /// This host ran short of descriptors or memory (opening a file, a socket, a key): nothing
+    /// is wrong with the batch or the server.
+    pub fn is_host_short(&self) -> bool {
+        match self {
+            ShipError::LocalRead { source, .. } | ShipError::KeyUnreadable { source, .. } | ShipError::Connect { source, .. } => {
+                crate::batchfs::is_exhausted(source)
+            }
+            ShipError::KnownHostsUnreadable { reason, .. } => reason.contains("Too many open files"),
+            _ => false,
+        }
+    }
+
     /// Classifies an ssh2 error from the step `what` on `path`.
     pub fn from_ssh(e: ssh2::Error, what: &str, path: &str, addr: &str, secs: u64) -> ShipError {
         const LIBSSH2_ERROR_TIMEOUT: i32 = -9;

@@ -74,6 +74,7 @@ impl From<ShipError> for DeliveryError {
         match e {
             ShipError::Interrupted => DeliveryError::Interrupted,
             ShipError::LeaseLost => DeliveryError::LeaseLost,
+            short if short.is_host_short() => DeliveryError::HostShort(short.to_string()),
             other => DeliveryError::Failed { permanent: other.is_permanent(), reason: other.to_string() },
         }
     }

@@ -205,7 +205,7 @@ impl Store {
                 .bind(&change.fingerprint)
                 .bind(&change.last_error)
                 .bind(change.next_attempt_at)
-                .bind(i64::from(change.count_attempt))
+                .bind(i64::from(change.count_attempt) - i64::from(change.uncount_attempt))
                 .bind(id)
                 .bind(from)
                 .bind(i64::from(change.only_if_content_idle))

@@ -125,6 +125,9 @@ pub struct Change {
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// This transition starts an upload attempt.
     pub count_attempt: bool,
+    /// The attempt that ends with this transition does not count (this host ran short of
+    /// descriptors or memory: nothing about the batch or its server).
+    pub uncount_attempt: bool,
     /// The batch folder moved (`retry` brings it back into work/).
     pub source_path: Option<String>,
     /// Apply only if no other batch with the same content is uploading or waiting to retry

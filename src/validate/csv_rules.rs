@@ -180,7 +180,9 @@ fn check_row(
     check: &mut CsvCheck,
 ) {
     let out = &mut check.findings;
-    if record.len() != columns.len() {
+    // In a row of the wrong shape a value may sit under any column: none is taken as its reference.
+    let shaped = record.len() == columns.len();
+    if !shaped {
         out.error(Some(row), None, "wrong_field_count", format!("this row has {} fields but the header has {}; quote values that contain commas (\"a, b\") and check for missing or extra commas", record.len(), columns.len()));
     }
     for ((name, column), raw) in columns.iter().zip(record.iter()) {
@@ -204,8 +206,13 @@ fn check_row(
         }
         check_value(*column, name, value, row, out);
         match column {
+            Column::Reference if !shaped => {}
             Column::Reference => {
-                check.references.insert(row, value.to_owned());
+                if looks_personal(value) {
+                    out.warning(Some(row), Some(name), "reference_looks_personal", "this customerInternalReference looks like an e-mail address or a phone number; Jumio asks for references without personal data (it is not shown in reports)");
+                } else {
+                    check.references.insert(row, value.to_owned());
+                }
                 if let Some(first) = references.insert(value.to_owned(), row) {
                     references.insert(value.to_owned(), first);
                     out.warning(Some(row), Some(name), "duplicate_reference", format!("same customerInternalReference as row {first}; use a unique reference per transaction so results can be told apart"));
@@ -217,6 +224,14 @@ fn check_row(
             _ => {}
         }
     }
+}
+
+/// An e-mail address, or a phone number (digits, a `+`, spaces and dashes, 7 digits or more).
+fn looks_personal(value: &str) -> bool {
+    let email = value.split_once('@').is_some_and(|(user, domain)| !user.is_empty() && domain.contains('.'));
+    let digits = value.chars().filter(char::is_ascii_digit).count();
+    let phone = digits >= 7 && value.chars().all(|c| c.is_ascii_digit() || matches!(c, '+' | ' ' | '-' | '(' | ')' | '.'));
+    email || phone
 }
 
 /// A record whose raw bytes hold an odd number of `"` opened a quote it never closed.
