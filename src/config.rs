@@ -227,14 +227,63 @@ impl StateConfig {
 /// part, and all of it after the user's name is hidden.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    match rest.rsplit_once('@') {
+    let rest = match rest.rsplit_once('@') {
         Some((user, host)) if user.contains(':') => {
             let name = user.split(':').next().unwrap_or_default();
-            format!("{scheme}://{name}:***@{host}")
+            format!("{name}:***@{host}")
         }
-        _ => url.to_owned(),
-    }
+        _ => rest.to_owned(),
+    };
+    // A password may ride in the query too (`?password=`, `sslpassword=`).
+    let rest = match rest.split_once('?') {
+        Some((path, query)) => {
+            let shown: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.to_ascii_lowercase().contains("pass") => format!("{key}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", shown.join("&"))
+        }
+        None => rest,
+    };
+    format!("{scheme}://{rest}")
 }
+
+/// Every `scheme://...` in `text` (an error that quotes a line of the config, say) with its
+/// password hidden as `redact_url` hides it.
+pub fn scrub_urls(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let start = rest[..at].rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.')).map_or(0, |i| i + 1);
+        let end = rest[at..].find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`')).map_or(rest.len(), |i| at + i);
+        out.push_str(&rest[..start]);
+        out.push_str(&redact_url(&rest[start..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The connection parameters a `postgres://` URL may carry (libpq's names that sqlx reads); any
+/// other is refused by name, its value never shown.
+const DATABASE_URL_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "options",
+    "application_name",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "statement-cache-capacity",
+];
 
 /// `text` with every secret in it replaced by `***`: for messages that may quote a connection
 /// string (or a part of one) however a parser cut it.
@@ -259,6 +308,12 @@ impl StateConfig {
                     secrets.extend(password.split(['/', '?', '#']).filter(|p| p.len() >= 3).map(str::to_owned));
                 }
             }
+            for (key, value) in rest.split_once('?').map(|(_, q)| q).unwrap_or_default().split('&').filter_map(|p| p.split_once('=')) {
+                if key.to_ascii_lowercase().contains("pass") {
+                    secrets.push(value.to_owned());
+                    secrets.extend(decoded(value));
+                }
+            }
         }
         if let Some(text) = self.password_file.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
             secrets.push(text.trim_end_matches(['\n', '\r']).to_owned());
@@ -270,6 +325,29 @@ impl StateConfig {
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         secrets
     }
+}
+
+/// `value` with its `%XX` escapes decoded, when it has any.
+fn decoded(value: &str) -> Option<String> {
+    if !value.contains('%') {
+        return None;
+    }
+    let bytes = value.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Fleet mode: several hosts on one drop share and one PostgreSQL database.
@@ -387,8 +465,11 @@ pub struct Loaded {
 
 impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string().trim_end().replace('\n', " ") })?;
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            // The error quotes the line it is about: a database URL there is shown without its password.
+            message: scrub_urls(e.to_string().trim_end()).replace('\n', " "),
+        })?;
         config.check(path)?;
         Ok(config)
     }
@@ -440,6 +521,15 @@ impl Config {
         let url = self.state.database.to_str().unwrap_or_default();
         if url.contains("://") && self.state.postgres_url().is_none() {
             return invalid("state.database is a URL but not postgres://; give a SQLite file path or a postgres:// URL");
+        }
+        let query = url.split_once('?').map(|(_, q)| q).unwrap_or_default();
+        for key in query.split('&').filter(|p| !p.is_empty()).map(|p| p.split_once('=').map_or(p, |(k, _)| k)) {
+            if !DATABASE_URL_PARAMETERS.contains(&key) && !key.starts_with("options[") {
+                return invalid(&format!(
+                    "state.database has a connection parameter `{key}` that is not known (its value is not shown); known: {}",
+                    DATABASE_URL_PARAMETERS.join(", ")
+                ));
+            }
         }
         if self.fleet.host_id.trim().is_empty() || self.fleet.host_id.len() > 200 {
             return invalid("fleet.host_id must be a non-empty name (at most 200 characters)");
@@ -580,9 +670,18 @@ mod tests {
             ("postgresql://jb:p?q#r@db/x", "postgresql://jb:***@db/x"),
             ("postgres://jb@db/x", "postgres://jb@db/x"),
             ("postgres://db/x", "postgres://db/x"),
+            ("postgres://jb@db/x?sslmode=require&password=S3cr%2Fet", "postgres://jb@db/x?sslmode=require&password=***"),
+            ("postgres://jb@db/x?sslpassword=TopKey", "postgres://jb@db/x?sslpassword=***"),
         ] {
             assert_eq!(redact_url(url), shown, "{url}");
         }
+        let quoted = "expected `=`, found `\\` at line 3: database = \"postgres://jb:pa\\ss@db/x\" rest";
+        assert!(!scrub_urls(quoted).contains("pa\\ss"), "{}", scrub_urls(quoted));
+        let state = StateConfig { database: "postgres://jb@db/x?password=S3cr%2Fet".into(), ..StateConfig::default() };
+        let said = redact("password authentication failed: S3cr/et", &state.secrets());
+        assert!(!said.contains("S3cr"), "{said}");
+        let err = Config::parse(Path::new("c.toml"), "[state]\ndatabase = \"postgres://jb@db/x?sslpassword=TopKey\"\n").unwrap_err();
+        assert!(err.to_string().contains("`sslpassword`") && !err.to_string().contains("TopKey"), "{err}");
         let state = StateConfig { database: "postgres://jb:Wrong/Pw+9=@db:5432/x".into(), ..StateConfig::default() };
         let secrets = state.secrets();
         for said in ["invalid port number in postgres://jb:Wrong/Pw+9=@db:5432/x", "host Wrong: no such host", "Pw+9=@db"] {

@@ -327,3 +327,41 @@ fn a_link_swapped_in_while_a_batch_is_claimed_is_never_followed_nor_shipped() {
     assert!(!for_a.path("RECEIPT.json").exists() && for_a.path("input.csv").exists(), "tenant A's folder is untouched");
     assert!(daemon.log_text().contains("a symbolic link in the inbox is not a batch"), "{}", daemon.log_text());
 }
+
+#[test]
+fn a_database_restored_from_an_older_backup_is_refused_beside_newer_receipts() {
+    let server = TestServer::start();
+    let drops = Drops::new(&server, MARKER_MODE);
+    let database = server.dir.path().join("state.db");
+    let backup = drops.dir("backup");
+    std::fs::create_dir_all(&backup).unwrap();
+    drops.drop_in(&drops.stage("older").with_tagged_rows(1, "older"), true);
+    drops.run_once();
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::copy(format!("{}{suffix}", database.display()), backup.join(format!("state.db{suffix}")));
+    }
+    let newer = drops.stage("newer").with_tagged_rows(1, "newer");
+    let files = tree(&newer.dir);
+    drops.drop_in(&newer, true);
+    drops.run_once();
+    // Restored from the backup taken before "newer" was submitted.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", database.display()));
+        let _ = std::fs::copy(backup.join(format!("state.db{suffix}")), format!("{}{suffix}", database.display()));
+    }
+    let again = drops.stage("newer-again");
+    for (rel, bytes) in &files {
+        again.file_ref(rel, bytes);
+    }
+    drops.drop_in(&again, true);
+    let mut refused = drops.spawn(&["--once"]);
+    assert_eq!(refused.wait(), Some(2));
+    assert!(
+        refused.log_text().contains("is older than the drop folders") && refused.log_text().contains("batch id 2"),
+        "{}",
+        refused.log_text()
+    );
+    let send = jumio(&drops.config, &["send", drops.dir("inbox/newer-again").to_str().unwrap()]);
+    assert_eq!(send.status.code(), Some(2), "{}", text(&send));
+    assert_eq!(server.remote_folders().len(), 2, "the newer batch is not shipped again");
+}

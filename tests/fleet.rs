@@ -375,7 +375,7 @@ fn a_schema_dropped_under_running_hosts_stops_them_and_is_never_made_again_besid
     let shipped = fleet.server.remote_folders();
     fleet.pg.sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public;");
     for host in [&mut a, &mut b] {
-        host.wait_for_log("deleted, emptied or replaced while running", WAIT);
+        host.wait_for_log("deleted, emptied, replaced or rolled back while running", WAIT);
         assert_eq!(host.wait(), Some(2), "{}", host.log_text());
     }
     // A copy of a submitted batch dropped again, and a daemon restarted: refused before it makes
@@ -390,6 +390,40 @@ fn a_schema_dropped_under_running_hosts_stops_them_and_is_never_made_again_besid
     assert!(again.log_text().contains("does not exist or holds no batches"), "{}", again.log_text());
     assert_eq!(fleet.pg.sql("SELECT to_regclass('batches') IS NULL"), "t", "no schema was made");
     assert_eq!(fleet.server.remote_folders(), shipped, "nothing shipped again");
+    // Nor by `send`, which refuses the empty database beside the drop folders just as `run` does.
+    let (code, said) =
+        command(&fleet, "host-a", &["send", copy_dir(&fleet, "before-01-by-hand", &trees["before-01"]).to_str().unwrap()], &[]);
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("holds no batches"), "{said}");
+    assert_eq!(fleet.pg.sql("SELECT to_regclass('batches') IS NULL"), "t", "no schema was made");
+    // Started anew on purpose (`run --new-database`): the copy is then a new batch to it.
+    let anew = fleet.drops.spawn_config(&fleet.config("host-a"), &["--new-database"], &[]);
+    anew.wait_for_log("jumio-batchd running", WAIT);
+    fleet.drops.wait_for("done", 3, WAIT);
+}
+
+/// A copy of a batch's files in a folder of the staging area.
+fn copy_dir(fleet: &Fleet, name: &str, files: &BTreeMap<String, Vec<u8>>) -> PathBuf {
+    let copy = fleet.drops.stage(name);
+    for (rel, bytes) in files {
+        copy.file_ref(rel, bytes);
+    }
+    copy.dir
+}
+
+#[test]
+fn a_database_emptied_or_rolled_back_under_running_hosts_stops_them() {
+    let fleet = Fleet::start();
+    let mut a = fleet.host("host-a", &[]);
+    let trees = fleet.drop_batches("kept", 2, 1);
+    fleet.drops.wait_for("done", 2, WAIT);
+    fleet.assert_each_shipped_once(&trees);
+    fleet.pg.sql("TRUNCATE batches, files, events CASCADE");
+    a.wait_for_log("rolled back while running", WAIT);
+    assert_eq!(a.wait(), Some(2), "{}", a.log_text());
+    let mut again = fleet.drops.spawn_config(&fleet.config("host-a"), &[], &[]);
+    assert_eq!(again.wait(), Some(2), "an emptied database beside done/ is refused");
+    assert!(again.log_text().contains("holds no batches"), "{}", again.log_text());
 }
 
 #[test]
@@ -428,6 +462,15 @@ fn a_password_with_a_slash_never_shows_and_an_unreachable_database_says_why() {
         assert!(!said.contains("Wrong") && !said.contains("Pw+9"), "{args:?} shows the password:\n{said}");
         assert!(said.contains("jumio:***@"), "{args:?}:\n{said}");
     }
+    // The right password in the URL's query string: it works, and is never shown either.
+    let in_query = format!("{url}?sslmode=disable&password={}", support::postgres::PASSWORD);
+    let text = std::fs::read_to_string(fleet.config("host-c")).unwrap();
+    let text: Vec<&str> = text.lines().filter(|l| !l.starts_with("password_file")).collect();
+    std::fs::write(&config, text.join("\n").replace(&url, &in_query)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jumio-batchd")).arg("--config").arg(&config).arg("check").output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("OK    state database") && said.contains("password=***"), "{said}");
+    assert!(!said.contains(support::postgres::PASSWORD), "{said}");
     // The server down: the reason comes at once, not after a pool's timeout.
     let port = support::sshd::free_port();
     let down = std::fs::read_to_string(fleet.config("host-b")).unwrap().replace(&format!(":{}/", fleet.pg.port), &format!(":{port}/"));
@@ -458,4 +501,25 @@ fn a_killed_host_starts_again_at_once_and_a_second_one_beside_a_frozen_one_is_re
     assert_eq!(twin.wait(), Some(2));
     assert!(twin.log_text().contains("already runs on this host as PID"), "{}", twin.log_text());
     restarted.signal(libc::SIGCONT);
+}
+
+#[test]
+fn a_batch_left_in_work_by_a_lost_database_is_adopted_when_started_anew() {
+    let fleet = Fleet::start();
+    // Slowed: the schema goes while its upload is under way.
+    let mut a = fleet.host("host-a", &[(FAILPOINT, "before_send~300")]);
+    let trees = fleet.drop_batches("orphan", 1, 6);
+    a.wait_for_log("orphan-01 uploading", WAIT);
+    fleet.pg.sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public;");
+    assert_eq!(a.wait(), Some(2), "{}", a.log_text());
+    assert_eq!(fleet.drops.names("work").iter().filter(|n| !n.starts_with('.')).count(), 1, "left in work/");
+    let anew = fleet.drops.spawn_config(&fleet.config("host-a"), &["--new-database"], &[]);
+    fleet.drops.wait_for("done", 1, WAIT);
+    assert!(anew.log_text().contains("a folder in work/ without a record: adopted"), "{}", anew.log_text());
+    // Its first folder stays half-full without DONE (never processed); the batch lands whole in a new one.
+    let finished: Vec<String> =
+        fleet.server.remote_folders().into_iter().filter(|f| fleet.server.home().join(f).join("DONE").exists()).collect();
+    assert_eq!(finished.len(), 1);
+    assert!(tree(&fleet.server.home().join(&finished[0])) == with_done(trees["orphan-01"].clone()));
+    assert_eq!(fleet.drops.names("done"), ["orphan-01"]);
 }

@@ -272,6 +272,9 @@ fn send_run_again_on_a_submitted_batch_exits_0_and_sends_nothing() {
 fn folders_in_work_without_a_record_id_are_adopted_and_an_unfinished_one_resumes_into_its_own_uuid() {
     let server = TestServer::start();
     let drops = Drops::new(&server, MARKER_MODE);
+    // The database of an installation that has shipped before.
+    drops.drop_in(&drops.stage("earlier").with_tagged_rows(1, "earlier"), true);
+    drops.run_once();
     // Left by an earlier version: an unfinished record whose folder in work/ has no id in its name.
     let legacy = Batch::at(&drops.dir("work/legacy")).with_tagged_rows(2, "legacy");
     let legacy_files = tree(&legacy.dir);
@@ -290,10 +293,10 @@ fn folders_in_work_without_a_record_id_are_adopted_and_an_unfinished_one_resumes
 
     let mut once = drops.spawn(&["--once"]);
     assert_eq!(once.wait(), Some(0), "{}", once.log_text());
-    assert_eq!(drops.names("done"), ["by-hand", "legacy"]);
+    assert_eq!(drops.names("done"), ["by-hand", "earlier", "legacy"]);
     assert_eq!(folder_holding(&server, &legacy_files), committed, "resumed into the UUID committed before");
     folder_holding(&server, &by_hand_files);
-    assert_eq!(server.remote_folders().len(), 2);
+    assert_eq!(server.remote_folders().len(), 3);
 }
 
 fn status_of_opt(config: &Path, name: &str) -> Option<serde_json::Value> {

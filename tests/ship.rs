@@ -362,3 +362,24 @@ fn a_pooled_connection_serves_the_next_batch_until_it_fails_is_dropped_or_idles_
     short.sweep();
     assert_eq!(short.idle(), 0, "idled out and closed");
 }
+
+#[test]
+fn a_resumed_folder_s_files_are_written_whole_whether_an_earlier_attempt_left_them_short_or_long() {
+    let server = TestServer::start_logged();
+    let batch = Batch::valid("resumed", 3);
+    let uuid = "0b6f4c1e-1d2a-4c55-9b0e-6d1f7a2b3c4d";
+    let folder = server.home().join(uuid);
+    std::fs::create_dir_all(folder.join("img")).unwrap();
+    let csv = std::fs::read(batch.path("input.csv")).unwrap();
+    // input.csv longer than the batch's (garbage after it), an image cut short.
+    std::fs::write(folder.join("input.csv"), [csv.as_slice(), b"garbage that must go"].concat()).unwrap();
+    std::fs::write(folder.join("img/1.front.png"), &std::fs::read(batch.path("img/1.front.png")).unwrap()[..10]).unwrap();
+    let pool = Pool::new(4, std::time::Duration::from_secs(30));
+    ship_pooled(&server, &pool, &batch, uuid).unwrap();
+    assert_eq!(tree(&folder), expected_tree(&batch));
+    // Writes never truncate; only the longer file was emptied first, by an OPEN of its own.
+    let log = std::fs::read_to_string(server.dir.path().join("sftp.log")).unwrap();
+    let truncating: Vec<&str> = log.lines().filter(|l| l.contains("open \"") && l.contains("TRUNCATE")).collect();
+    assert_eq!(truncating.len(), 1, "{truncating:#?}");
+    assert!(truncating[0].contains(&format!("{uuid}/input.csv")), "{truncating:#?}");
+}

@@ -6,7 +6,6 @@ use super::send::{self, Shown};
 use super::EXIT_INVALID;
 use crate::config::{Config, PathsConfig};
 use crate::lifecycle::{Lifecycle, Outcome, Prepared, ResubmitError};
-use crate::store::{Schema, Store};
 use crate::telemetry::{self, Sink};
 use crate::validate::MAX_CSV_BYTES;
 use std::io::Read;
@@ -23,7 +22,7 @@ pub async fn run(config: Option<&Path>, key: &str, from_row: usize, csv: Option<
         Some(paths) => paths.clone(),
         None => beside_database(&loaded.config.state.local_base())?,
     };
-    let store = Store::connect(&loaded.config.state, &loaded.config.fleet, Schema::Create).await?;
+    let store = crate::lifecycle::memory::open_store(&loaded.config, false).await?;
     let tasks = super::run::stopped_by_signals()?;
     let life = Lifecycle::new(store, &loaded.config, loaded.routes()?, tasks.clone()).await?;
     let Some(original) = life.store().find(key).await? else {

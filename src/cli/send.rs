@@ -7,7 +7,7 @@ use super::{EXIT_INVALID, EXIT_OK, EXIT_USAGE};
 use crate::config::Config;
 use crate::lifecycle::{Admitted, Lifecycle, Outcome};
 use crate::receipt::Receipt;
-use crate::store::{BatchRecord, Schema, Store};
+use crate::store::BatchRecord;
 use crate::telemetry::{self, Sink};
 use crate::validate;
 use std::io::IsTerminal;
@@ -30,7 +30,9 @@ pub async fn run(config: Option<&Path>, dir: &Path, shown: Shown, allow_duplicat
     let level = if shown.verbose || (!terminal && !shown.quiet) { "info" } else { "warn" };
     telemetry::init(Sink::Stderr, false, level);
     let route = loaded.route(route)?;
-    let store = Store::connect(&loaded.config.state, &loaded.config.fleet, Schema::Create).await?;
+    // The memory of what was submitted: an empty or older database beside drop folders with
+    // history is refused here as by `run` (`run --new-database` accepts it).
+    let store = crate::lifecycle::memory::open_store(&loaded.config, false).await?;
     let tasks = super::run::stopped_by_signals()?;
     let mut life = Lifecycle::new(store, &loaded.config, vec![route], tasks.clone()).await?;
     let bars = Bars::default();

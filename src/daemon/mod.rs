@@ -14,7 +14,7 @@ use crate::config::{Loaded, PathsConfig, Readiness, Route, WatchConfig};
 use crate::folders::{self, folder_name, parse_claimed};
 use crate::layout::Layout;
 use crate::lifecycle::{self, Claimed, Guard, Held, Lifecycle, LifecycleError, Locks, Outcome};
-use crate::store::{Schema, Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::tasks::Tasks;
 use crate::telemetry::blocking;
 use std::collections::HashMap;
@@ -32,6 +32,8 @@ const BACKGROUND_GRACE: Duration = Duration::from_secs(2);
 const DEBOUNCE: Duration = Duration::from_millis(150);
 /// A batch whose task ended in an error is left alone this long before it is tried again.
 const ERROR_BACKOFF: Duration = Duration::from_secs(60);
+/// A folder in work/ that could not be adopted is looked at again after this long.
+const FOLDER_BACKOFF: Duration = Duration::from_secs(600);
 /// A batch whose task panicked is not touched again by this process.
 const NEVER_AGAIN: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
@@ -62,13 +64,13 @@ pub enum DaemonError {
     DifferentFilesystems { inbox: PathBuf, work: PathBuf },
     #[error("{0} batch(es) could not be handled; the log above says why")]
     Troubled(usize),
-    #[error("the state database {} does not exist or holds no batches, but {} holds earlier batches: starting with an empty database would forget what was already submitted and could ship it again. Restore the database from a backup to that path, or, if it is truly lost, start once with `jumio-batchd run --new-database` (already submitted batches are then not recognised as duplicates)", database.display(), history.display())]
-    DatabaseMissing { database: PathBuf, history: PathBuf },
+    #[error(transparent)]
+    Memory(#[from] crate::lifecycle::memory::MemoryError),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
     #[error("cannot install the SIGHUP handler: {0}")]
     Signal(std::io::Error),
-    #[error("the state database {0} was deleted, emptied or replaced while running (its file, schema or identity is not the one this daemon started with); stopped claiming so nothing is shipped without its record. Restore it, then start again")]
+    #[error("the state database {0} was deleted, emptied, replaced or rolled back while running (its file, schema, identity or newest batch is not what this daemon saw); stopped claiming so nothing is shipped without its record. Restore the newest backup, then start again")]
     DatabaseGone(String),
     #[error("jumio-batchd already runs on this host as {holder} with [state] local_dir {}; stop it first (a frozen one too: it still holds its lock), or give this daemon its own local_dir and host_id", dir.display())]
     HostAlreadyRunning { holder: lifecycle::Holder, dir: PathBuf },
@@ -86,6 +88,8 @@ pub struct Daemon {
     ended: Vec<(i64, Result<TaskResult, String>)>,
     /// Batches left alone until the instant (an error, a panic, another process on them).
     held_back: HashMap<i64, Instant>,
+    /// Folders of work/ that could not be adopted, left alone until the instant.
+    held_back_folders: HashMap<PathBuf, Instant>,
     /// Batches this process could not handle (an error or a panic): `run --once` then fails.
     pub troubled: usize,
     /// Where batches are dropped: one inbox per route (and, with named routes, `[paths] inbox`
@@ -102,6 +106,8 @@ pub struct Daemon {
 struct Identity {
     file: Option<(PathBuf, Option<(u64, u64)>)>,
     id: Option<String>,
+    /// The highest batch id seen: ids only grow, a lower one means batches went away.
+    high_water: std::sync::atomic::AtomicI64,
 }
 
 /// What one step did and when the next is due at the latest.
@@ -184,20 +190,8 @@ impl Daemon {
         prepare_folders(&paths, &routes)?;
         // Again now that every folder exists: what was only spelled before is resolved now.
         let layout = Layout::check(&paths, &routes, (!fleet).then_some(database.as_path()))?;
-        // An empty database beside drop folders with history is one that was lost or emptied:
-        // it is refused before anything is created in it.
-        let history = crate::layout::history(&paths);
-        let missing = |history: PathBuf| DaemonError::DatabaseMissing { database: PathBuf::from(state.shown()), history };
-        let schema = if history.is_some() && !new_database { Schema::MustExist } else { Schema::Create };
-        let store = match Store::connect(state, &loaded.config.fleet, schema).await {
-            Err(StoreError::Empty { .. }) => return Err(missing(history.unwrap_or_default())),
-            connected => connected?,
-        };
-        if let Some(history) = history.filter(|_| !new_database) {
-            if store.counts().await?.is_empty() {
-                return Err(missing(history));
-            }
-        }
+        // The database must be the memory of these drop folders: never an empty or older one.
+        let store = crate::lifecycle::memory::open_store(&loaded.config, new_database).await?;
         if let Some(fleet) = store.fleet().cloned() {
             let dead = |pid: i64| u32::try_from(pid).is_ok_and(|pid| !crate::lifecycle::lock::alive(pid));
             if let Some(other) = store.register_host(std::process::id(), fleet.lease, &crate::lifecycle::lock::this_machine(), dead).await?
@@ -207,7 +201,11 @@ impl Daemon {
             tasks.spawn(host_heartbeat(store.clone(), fleet.lease / 3, tasks.clone()));
             tracing::info!(host_id = %fleet.host, lease_secs = fleet.lease.as_secs(), database = %state.shown(), "fleet mode: sharing the state database");
         }
-        let identity = Identity { file: (!fleet).then(|| (database.clone(), file_identity(database))), id: store.identity().await? };
+        let identity = Identity {
+            file: (!fleet).then(|| (database.clone(), file_identity(database))),
+            id: store.identity().await?,
+            high_water: std::sync::atomic::AtomicI64::new(store.high_water().await?),
+        };
         let inboxes = inboxes(&paths, &routes, &layout);
         let life = Lifecycle::new(store, &loaded.config, routes, tasks).await?;
         life.forget_unclaimed(&paths.work).await?;
@@ -220,6 +218,7 @@ impl Daemon {
             task_of: HashMap::new(),
             ended: Vec::new(),
             held_back: HashMap::new(),
+            held_back_folders: HashMap::new(),
             troubled: 0,
             inboxes,
             identity,
@@ -237,10 +236,13 @@ impl Daemon {
                 return false;
             }
         }
-        match self.life.store().identity().await {
-            Ok(id) => id == self.identity.id,
-            Err(e) => !e.is_missing_table(),
-        }
+        let id = match self.life.store().identity().await {
+            Ok(id) => id,
+            Err(e) => return !e.is_missing_table(),
+        };
+        let Ok(high_water) = self.life.store().high_water().await else { return true };
+        let seen = self.identity.high_water.fetch_max(high_water, std::sync::atomic::Ordering::SeqCst);
+        id == self.identity.id && high_water >= seen
     }
 
     pub fn store(&self) -> &Store {
@@ -285,7 +287,19 @@ impl Daemon {
             if parse_claimed(&name).is_some_and(|(id, _)| self.running.contains_key(&id)) {
                 continue;
             }
-            let Some((record, dir, guard)) = self.life.identify(&dir, &self.paths.work).await? else { continue };
+            if self.held_back_folders.get(&dir).is_some_and(|until| *until > now) {
+                continue;
+            }
+            let found = match self.life.identify(&dir, &self.paths.work).await {
+                Ok(found) => found,
+                Err(LifecycleError::Store(e)) => return Err(e.into()),
+                Err(e) => {
+                    tracing::error!(folder = %name, "cannot adopt a folder found in work/: {e}; looked at again in {} min", FOLDER_BACKOFF.as_secs() / 60);
+                    self.held_back_folders.insert(dir, now + FOLDER_BACKOFF);
+                    continue;
+                }
+            };
+            let Some((record, dir, guard)) = found else { continue };
             let due = self.life.due_in(&record, guard.is_some());
             if !due.is_zero() {
                 // Waiting to retry, or another host holds its lease: looked at again then.

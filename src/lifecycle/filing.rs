@@ -18,23 +18,26 @@ impl Lifecycle {
     /// Files a finished batch's folder with its receipt or report; `None` for unfinished ones.
     pub async fn file(&self, outcome: &Outcome, dir: &Path, drops: &PathsConfig) -> Result<Option<PathBuf>, LifecycleError> {
         let (dir, drops, outcome_owned) = (dir.to_path_buf(), drops.clone(), outcome_summary(outcome));
-        let Some(summary) = outcome_owned else { return Ok(None) };
+        let Some(mut summary) = outcome_owned else { return Ok(None) };
+        if let Filing::Done(_, _, database) = &mut summary {
+            database.clone_from(&self.database_id);
+        }
         let record_id = outcome_record(outcome).id;
         let (from, target) = (dir.clone(), summary.destination(&drops).to_path_buf());
-        let there = {
-            let dir = dir.clone();
-            blocking(move || dir.is_dir()).await
-        };
-        if !there {
-            // Filed already: by another host of the fleet, between its scan and ours.
-            let now = self.record(record_id).await?;
-            if let Some(filed) = now.filed_path {
+        let folder = dir.clone();
+        let moved = match blocking(move || summary.write(&dir, &drops)).await {
+            Ok(moved) => moved,
+            // Gone from work/: filed already, by another host of the fleet (between its scan
+            // and ours, or while this one was frozen past its lease).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !blocking(move || folder.exists()).await => {
+                let now = self.record(record_id).await?;
+                let Some(filed) = now.filed_path else { return Err(moving("file", &from, &target, e)) };
                 let by = now.filed_by.unwrap_or_else(|| "another process".into());
                 tracing::info!(id = record_id, to = %filed, "already filed by {by}; nothing to do");
                 return Ok(None);
             }
-        }
-        let moved = blocking(move || summary.write(&dir, &drops)).await.map_err(|source| moving("file", &from, &target, source))?;
+            Err(e) => return Err(moving("file", &from, &target, e)),
+        };
         if !self.store.set_filed_path(record_id, &moved.display().to_string()).await? {
             tracing::warn!(id = record_id, to = %moved.display(), "filed, but this host's lease ran out before it could record where");
         }
@@ -49,7 +52,7 @@ impl Lifecycle {
 
 /// What filing a finished outcome writes, as plain data for a blocking thread.
 pub(super) enum Filing {
-    Done(BatchRecord, Receipt),
+    Done(BatchRecord, Receipt, Option<String>),
     Rejected(BatchRecord, Report),
     Duplicate(BatchRecord, Report, String),
     Failed(BatchRecord),
@@ -58,7 +61,7 @@ pub(super) enum Filing {
 pub(super) fn outcome_summary(outcome: &Outcome) -> Option<Filing> {
     Some(match outcome {
         Outcome::Submitted { record, receipt } | Outcome::AlreadySubmitted { record, receipt } => {
-            Filing::Done(record.clone(), receipt.clone())
+            Filing::Done(record.clone(), receipt.clone(), None)
         }
         Outcome::Rejected { record, report } => Filing::Rejected(record.clone(), report.clone()),
         Outcome::Duplicate { record, of, report } => Filing::Duplicate(record.clone(), report.clone(), duplicate_message(record, of)),
@@ -79,7 +82,7 @@ impl Filing {
     fn write(&self, dir: &Path, drops: &PathsConfig) -> std::io::Result<PathBuf> {
         let to = self.destination(drops);
         match self {
-            Filing::Done(record, receipt) => file_done(dir, to, record, receipt),
+            Filing::Done(record, receipt, database) => file_done(dir, to, record, receipt, database.as_deref()),
             Filing::Rejected(record, report) => file_rejected(dir, to, record, report),
             Filing::Duplicate(record, report, reason) => file_duplicate(dir, to, record, report, reason),
             Filing::Failed(record) => file_failed(dir, to, record),
@@ -92,10 +95,13 @@ pub const REJECTED_FILE: &str = "REJECTED.txt";
 pub const ERRORS_FILE: &str = "errors.json";
 pub const FAILED_FILE: &str = "FAILED.txt";
 
-/// RECEIPT.json: the receipt of `send --json` with the batch's id and times.
+/// RECEIPT.json: the receipt of `send --json` with the batch's id and times, and the identity of
+/// the database that recorded it (a database found older than its receipts is refused).
 #[derive(Debug, Serialize)]
 struct StoredReceipt<'a> {
     id: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database: Option<&'a str>,
     #[serde(flatten)]
     receipt: &'a Receipt,
     first_seen_at: DateTime<Utc>,
@@ -104,9 +110,10 @@ struct StoredReceipt<'a> {
     attempts: i64,
 }
 
-pub fn file_done(dir: &Path, done: &Path, record: &BatchRecord, receipt: &Receipt) -> std::io::Result<PathBuf> {
+pub fn file_done(dir: &Path, done: &Path, record: &BatchRecord, receipt: &Receipt, database: Option<&str>) -> std::io::Result<PathBuf> {
     let stored = StoredReceipt {
         id: record.id,
+        database,
         receipt,
         first_seen_at: record.created_at,
         upload_started_at: record.upload_started_at,
@@ -120,6 +127,15 @@ pub fn file_done(dir: &Path, done: &Path, record: &BatchRecord, receipt: &Receip
 /// Moves a batch folder to its destination under the name it was dropped with.
 fn settle(dir: &Path, to: &Path, record: &BatchRecord) -> std::io::Result<PathBuf> {
     crate::failpoint::hit("while_filing");
+    // A report another process of ours began and never finished (a host frozen while filing)
+    // does not travel with the folder.
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = [RECEIPT_FILE, REJECTED_FILE, ERRORS_FILE, FAILED_FILE].iter().any(|r| name.starts_with(&format!(".{r}.")));
+        if ours && name.ends_with(".tmp") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
     move_unique(dir, to, &record.name)
 }
 

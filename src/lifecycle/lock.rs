@@ -119,10 +119,16 @@ impl Locks {
     }
 }
 
-/// True while a process with this PID exists on this host.
+/// True while a process with this PID runs on this host (a zombie, dead but not yet reaped,
+/// does not).
 pub fn alive(pid: u32) -> bool {
-    let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else { return false };
-    !matches!(rustix::process::test_kill_process(pid), Err(rustix::io::Errno::SRCH))
+    let Some(raw) = rustix::process::Pid::from_raw(pid as i32) else { return false };
+    if matches!(rustix::process::test_kill_process(raw), Err(rustix::io::Errno::SRCH)) {
+        return false;
+    }
+    // The state follows the command name, which is in parentheses: `pid (name) S ...`.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'))
 }
 
 /// This machine, as the fleet's `hosts` rows tell machines apart: systemd's machine id, else

@@ -9,6 +9,7 @@ mod attempt;
 mod filing;
 mod lease;
 pub(crate) mod lock;
+pub mod memory;
 mod parts;
 mod recovery;
 mod requeue;
@@ -173,6 +174,8 @@ pub struct Lifecycle {
     pool: Arc<Pool>,
     /// Called as each upload starts with its live counters (`send`'s progress bar).
     watch_upload: Option<WatchUpload>,
+    /// The identity of the database, written into each receipt.
+    database_id: Option<String>,
 }
 
 /// A route and the channel its batches go by.
@@ -189,6 +192,7 @@ impl Lifecycle {
     /// (`tenancy::unify`); its background work belongs to `tasks`.
     pub async fn new(store: Store, config: &Config, mut routes: Vec<Route>, tasks: Tasks) -> Result<Lifecycle, LifecycleError> {
         tenancy::unify(&store, &mut routes).await?;
+        let database_id = store.identity().await?;
         let connections: usize = routes.iter().map(|r| r.sftp.connections).sum();
         let idle = routes.iter().map(|r| r.sftp.pool_idle_secs).max().unwrap_or_default();
         let pool = Arc::new(Pool::new(connections * config.watch.max_parallel_batches, Duration::from_secs(idle)));
@@ -211,6 +215,7 @@ impl Lifecycle {
             pool,
             ways,
             watch_upload: None,
+            database_id,
         })
     }
 
@@ -311,7 +316,9 @@ impl Lifecycle {
         let (from, to) = (src.to_path_buf(), PathBuf::from(&record.source_path));
         tracing::debug!(batch = %record.name, id = record.id, "claiming");
         crate::failpoint::hit_counted("before_claim_rename");
-        if let Err(source) = rename(&from, &to).await {
+        // (An orphan adopted under a new id that happens to spell its name is where it belongs.)
+        let moved = if from == to { Ok(()) } else { rename(&from, &to).await };
+        if let Err(source) = moved {
             self.store.forget_unclaimed(record.id).await?;
             return match source.kind() {
                 std::io::ErrorKind::NotFound => Ok(Claimed::Gone),
@@ -347,7 +354,9 @@ impl Lifecycle {
     /// A folder in work/ without the id form: left by an earlier version (its unfinished
     /// record is adopted, so it resumes into its own UUID) or put there by hand (claimed anew).
     pub async fn adopt(&self, dir: &Path, work: &Path) -> Result<Option<(BatchRecord, PathBuf, Option<Guard>)>, LifecycleError> {
+        // An orphan keeps the name it was dropped with, not the id of a record gone.
         let name = folder_name(dir);
+        let name = folders::parse_claimed(&name).map_or(name.clone(), |(_, dropped)| dropped.to_owned());
         let Some(record) = self.store.unfinished_at(&source_path(dir).await).await? else {
             // Put there by hand: its tenant is known only when there is one route.
             return match &self.ways[..] {

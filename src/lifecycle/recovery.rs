@@ -36,21 +36,28 @@ impl Lifecycle {
             if let Some(record) = self.store.get(id).await?.filter(|r| r.name == dropped) {
                 return Ok(Some((record, dir.to_path_buf(), None)));
             }
-            if self.store.fleet().is_some() {
-                // Another host's claim whose record is not committed yet, or a folder of another
-                // database: never adopted by a host of the fleet.
-                return Ok(None);
+            if let Some(fleet) = self.store.fleet() {
+                // Another host's claim whose record is not committed yet: left alone. A folder no
+                // record names for longer than two leases (its database was replaced, or
+                // started anew with --new-database) is an orphan: adopted like one put there by hand.
+                let orphaned = fleet.lease * 2;
+                let folder = dir.to_path_buf();
+                let age = blocking(move || {
+                    use std::os::unix::fs::MetadataExt;
+                    let changed = std::fs::symlink_metadata(&folder).ok()?.ctime();
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64;
+                    Some(Duration::from_secs(now.saturating_sub(changed).max(0) as u64))
+                })
+                .await;
+                if age.is_none_or(|age| age < orphaned) {
+                    return Ok(None);
+                }
             }
         }
-        match self.adopt(dir, work).await {
-            Ok(found) => Ok(found.inspect(|(record, _, _)| {
-                tracing::info!(batch = %record.name, id = record.id, "a folder in work/ without its record id: adopted");
-            })),
-            Err(e) => {
-                tracing::error!(folder = %name, "cannot adopt a folder found in work/: {e}");
-                Ok(None)
-            }
-        }
+        let found = self.adopt(dir, work).await?;
+        Ok(found.inspect(|(record, _, _)| {
+            tracing::info!(batch = %record.name, id = record.id, "a folder in work/ without a record: adopted");
+        }))
     }
 
     /// How long until this process may work `record` (found in work/): zero when it may now;

@@ -173,6 +173,8 @@ pub enum Request<'a> {
     Stat(&'a str),
     /// OPEN that creates the file or fails because it is there.
     CreateNew(&'a str),
+    /// OPEN that cuts an existing file to nothing.
+    Truncate(&'a str),
     Close(&'a [u8]),
 }
 
@@ -185,6 +187,7 @@ impl<'f> Calls<'f> {
                 Request::Mkdir(path) => wire::mkdir(id, path),
                 Request::Stat(path) => wire::stat(id, path),
                 Request::CreateNew(path) => wire::open_exclusive(id, path),
+                Request::Truncate(path) => wire::open_truncate(id, path),
                 Request::Close(handle) => wire::close(id, handle),
             });
         }

@@ -134,6 +134,28 @@ pub(super) fn make_dirs(
     Ok(())
 }
 
+/// Cuts the files of `folder` that an earlier attempt (or anything else) left longer than the
+/// batch's own to nothing, before they are written again: writes never truncate.
+pub(super) fn truncate_longer(
+    conn: &Connection,
+    folder: &str,
+    files: &[BatchFile],
+    present: &BTreeMap<String, u64>,
+    fence: &dyn Fence,
+) -> Result<(), ShipError> {
+    for file in files.iter().filter(|f| present.get(&f.path).is_some_and(|&size| size > f.size)) {
+        let path = format!("{folder}/{}", file.path);
+        let shown = format!("{} in {folder}", file.label);
+        let handle = match one(conn, "emptying", &shown, Request::Truncate(&path), fence)? {
+            Reply::Handle { handle, .. } => handle,
+            Reply::Status { code, message, .. } => return Err(status_error("emptying", &shown, code, &message)),
+            _ => return Err(super::channel::protocol("OPEN answered with something else than a handle")),
+        };
+        one(conn, "closing", &shown, Request::Close(&handle), fence)?;
+    }
+    Ok(())
+}
+
 /// Requests sent at once on the connection's SFTP channel; their replies in the same order.
 fn calls(conn: &Connection, step: &str, path: &str, requests: Vec<Request>, fence: &dyn Fence) -> Result<Vec<Reply>, ShipError> {
     let mut calls = Calls::new(format!("{step} {path}"), &requests, fence);

@@ -3,7 +3,7 @@
 //! on the server, its sha256 the check's), the lease confirmed, and then, and only then, DONE.
 
 use super::crew::{same_as_checked, Crew, Release};
-use super::folder::{create_fresh, make_dirs, remote_files, remote_join, write_done};
+use super::folder::{create_fresh, make_dirs, remote_files, remote_join, truncate_longer, write_done};
 use super::pool::Pool;
 use super::session::Connection;
 use super::{fenced, ShipError};
@@ -168,6 +168,7 @@ fn lead<'a>(cfg: &SftpConfig, pool: &Pool, files: &'a [BatchFile], crew: &Crew<'
     if !dirs_made {
         make_dirs(&main, crew.folder, files, &present, crew.fence)?;
     }
+    truncate_longer(&main, crew.folder, files, &present, crew.fence)?;
     let (kept, mut todo): (Vec<&BatchFile>, Vec<&BatchFile>) = files.iter().partition(|f| present.get(&f.path) == Some(&f.size));
     todo.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
     let uploaded = todo.len();

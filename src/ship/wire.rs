@@ -82,8 +82,17 @@ pub fn init() -> Vec<u8> {
 }
 
 /// OPEN for writing: created, truncated, mode 0644 (set by the OPEN itself: never a SETSTAT).
+/// OPEN for writing a file of the batch: created if missing, never truncated. The whole file is
+/// then written from its first byte, so what it held (nothing, or part of the same bytes) is
+/// overwritten; and an OPEN that a server handles late (a stalled session of a host whose lease
+/// ran out) changes nothing in a file another host completed meanwhile.
 pub fn open(id: u32, path: &str) -> Vec<u8> {
-    open_with(id, path, FXF_WRITE | FXF_CREAT | FXF_TRUNC)
+    open_with(id, path, FXF_WRITE | FXF_CREAT)
+}
+
+/// OPEN that cuts an existing file to nothing (a file found longer than the batch's own).
+pub fn open_truncate(id: u32, path: &str) -> Vec<u8> {
+    open_with(id, path, FXF_WRITE | FXF_TRUNC)
 }
 
 /// OPEN that creates the file or fails: the file must not be there yet (DONE).
@@ -379,7 +388,7 @@ mod tests {
         let open = open(5, "u/a.png");
         assert_eq!(&open[..13], &[0, 0, 0, 28, 3, 0, 0, 0, 5, 0, 0, 0, 7]);
         assert_eq!(&open[13..20], b"u/a.png");
-        assert_eq!(&open[20..], &[0, 0, 0, 0x1a, 0, 0, 0, 4, 0, 0, 1, 0xa4]);
+        assert_eq!(&open[20..], &[0, 0, 0, 0x0a, 0, 0, 0, 4, 0, 0, 1, 0xa4], "WRITE | CREAT: never TRUNC");
         let header = write_header(6, b"hh", 1 << 32, 3);
         assert_eq!(header, [0, 0, 0, 26, 6, 0, 0, 0, 6, 0, 0, 0, 2, b'h', b'h', 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 3]);
         assert_eq!(close(4, b"h"), [0, 0, 0, 10, 4, 0, 0, 0, 4, 0, 0, 0, 1, b'h']);

@@ -301,6 +301,13 @@ impl Store {
         Ok(on_db!(self, |pool| sqlx::query_as(sql).bind(content_key).bind(except_id).bind(tenant).fetch_all(pool).await?))
     }
 
+    /// The highest batch id recorded (0: none): ids only grow, so a lower one later means batches
+    /// went away (deleted, or an older backup restored).
+    pub async fn high_water(&self) -> Result<i64, StoreError> {
+        let sql = "SELECT COALESCE(MAX(id), 0) FROM batches";
+        Ok(on_db!(self, |pool| sqlx::query_scalar(sql).fetch_one(pool).await?))
+    }
+
     /// When the newest submitted batch was submitted.
     pub async fn last_submitted_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         let sql = "SELECT MAX(submitted_at) FROM batches WHERE state = 'submitted'";
